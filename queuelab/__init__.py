@@ -1,12 +1,19 @@
 """queuelab: a workbench for learning how an LLM serving queue behaves under load."""
 
 from .generation import MAX_NEW_TOKENS_LIMIT, Completion, GenerationParams
+from .metrics import Percentiles, QueueStats
 from .model import EMBEDDED, TINY, LanguageModel, load_model, pick_device
+from .request import (Request, RequestCancelled, RequestError, RequestFailed, RequestRejected, RequestStatus)
+from .request_queue import RequestQueue
+from .scheduling import Scheduler, SequentialScheduler
 from .simulated import Exponential, Fixed, PerToken, ServiceTime, SimulatedFailure, SimulatedModel
+from .sync import run
 
 __version__ = "0.1.0"
 
 __all__ = [
     "EMBEDDED", "MAX_NEW_TOKENS_LIMIT", "TINY", "Completion", "Exponential", "Fixed", "GenerationParams",
-    "LanguageModel", "PerToken", "ServiceTime", "SimulatedFailure", "SimulatedModel", "load_model", "pick_device",
+    "LanguageModel", "PerToken", "Percentiles", "QueueStats", "Request", "RequestCancelled", "RequestError",
+    "RequestFailed", "RequestQueue", "RequestRejected", "RequestStatus", "Scheduler", "SequentialScheduler",
+    "ServiceTime", "SimulatedFailure", "SimulatedModel", "load_model", "pick_device", "run",
 ]

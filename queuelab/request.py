@@ -1,0 +1,159 @@
+"""A request's record: its status, its timestamps, and what came of it.
+
+Statuses move one way only (see `TRANSITIONS`), and `Request.advance` is the one place that moves them.
+All timestamps come from one monotonic clock, `time.perf_counter()`, so any two can be subtracted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Generator
+
+from .generation import Completion, GenerationParams
+
+
+class RequestStatus(str, Enum):
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    REJECTED = "rejected"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({RequestStatus.COMPLETED, RequestStatus.FAILED, RequestStatus.CANCELLED, RequestStatus.REJECTED})
+
+# None is "not yet admitted": a request is either queued or rejected at the door.
+TRANSITIONS: dict[RequestStatus | None, frozenset[RequestStatus]] = {
+    None: frozenset({RequestStatus.QUEUED, RequestStatus.REJECTED}),
+    RequestStatus.QUEUED: frozenset({RequestStatus.PROCESSING, RequestStatus.CANCELLED}),
+    RequestStatus.PROCESSING: frozenset({RequestStatus.COMPLETED, RequestStatus.FAILED}),
+}
+
+
+class RequestError(Exception):
+    """Raised by `await request` when a request did not complete. `.request` holds the record."""
+
+    def __init__(self, request: Request) -> None:
+        super().__init__(f"request {request.id} {request.status.value}: {request.error}")
+        self.request = request
+
+
+class RequestFailed(RequestError):
+    """The model raised while serving the request."""
+
+
+class RequestCancelled(RequestError):
+    """The request was cancelled while queued (by the caller, a timeout, or shutdown)."""
+
+
+class RequestRejected(RequestError):
+    """The queue refused the request at the door (invalid input, queue full, queue stopped)."""
+
+
+_ERRORS = {
+    RequestStatus.FAILED: RequestFailed,
+    RequestStatus.CANCELLED: RequestCancelled,
+    RequestStatus.REJECTED: RequestRejected,
+}
+
+
+@dataclass(eq=False, slots=True)
+class Request:
+    """One request through the queue. Await it for its `Completion`."""
+
+    id: int
+    prompt: Any  # whatever the caller sent: a rejected request keeps its bad input for the record
+    params: GenerationParams | None
+    arrived: float
+    status: RequestStatus | None = None
+    prompt_tokens: int | None = None
+    started: float | None = None
+    first_token: float | None = None
+    finished: float | None = None
+    completion: Completion | None = None
+    error: str | None = None
+    tokens_streamed: int = 0  # pieces seen so far while PROCESSING, for live displays
+    _done: asyncio.Future[None] = field(default=None, repr=False)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self._done is None:
+            self._done = asyncio.get_running_loop().create_future()
+
+    # -- the one place a status changes ------------------------------------------------------
+    def advance(self, status: RequestStatus, now: float, *, completion: Completion | None = None,
+                error: str | None = None) -> None:
+        """Move to `status` at time `now`, stamping the matching timestamp; refuse illegal moves."""
+        if status not in TRANSITIONS.get(self.status, frozenset()):
+            raise RuntimeError(f"request {self.id}: illegal transition {self.status} -> {status}")
+        self.status = status
+        if status is RequestStatus.PROCESSING:
+            self.started = now
+        elif status in TERMINAL:
+            self.finished = now
+            self.completion, self.error = completion, error
+            self._done.set_result(None)
+
+    # -- derived timings (None until both ends exist) ------------------------------------------
+    @property
+    def wait(self) -> float | None:
+        """Time spent queued: started − arrived."""
+        return _diff(self.started, self.arrived)
+
+    @property
+    def service(self) -> float | None:
+        """Time being served: finished − started."""
+        return _diff(self.finished, self.started)
+
+    @property
+    def ttft(self) -> float | None:
+        """Time to first token as the caller sees it, queueing included: first_token − arrived."""
+        return _diff(self.first_token, self.arrived)
+
+    @property
+    def e2e(self) -> float | None:
+        """End-to-end latency, queueing included: finished − arrived."""
+        return _diff(self.finished, self.arrived)
+
+    @property
+    def done(self) -> bool:
+        return self.status is not None and self.status.terminal
+
+    def result(self) -> Completion:
+        """The completion of a finished request, or the error it ended with (raised)."""
+        if not self.done:
+            raise asyncio.InvalidStateError(f"request {self.id} is {self.status}")
+        if self.status is RequestStatus.COMPLETED:
+            assert self.completion is not None
+            return self.completion
+        raise _ERRORS[self.status](self)
+
+    def __await__(self) -> Generator[Any, None, Completion]:
+        # shield: a caller that stops waiting (cancelled task) does not cancel the request itself.
+        yield from asyncio.shield(self._done).__await__()
+        return self.result()
+
+    def as_row(self) -> dict[str, Any]:
+        """One flat row for a DataFrame."""
+        c = self.completion
+        return {
+            "id": self.id, "status": self.status.value if self.status else None,
+            "arrived": self.arrived, "started": self.started, "first_token": self.first_token,
+            "finished": self.finished, "wait": self.wait, "service": self.service, "ttft": self.ttft,
+            "e2e": self.e2e, "prompt_tokens": c.prompt_tokens if c else self.prompt_tokens,
+            "completion_tokens": c.completion_tokens if c else 0, "finish_reason": c.finish_reason if c else None,
+            "error": self.error,
+        }
+
+
+def _diff(end: float | None, start: float | None) -> float | None:
+    return None if end is None or start is None else end - start

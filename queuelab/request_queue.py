@@ -1,0 +1,380 @@
+"""`RequestQueue`: an asyncio FIFO in front of one model, served by one worker task.
+
+The worker sleeps on an asyncio.Event until work arrives (no polling), asks the scheduler what to
+run, and runs the model in a thread (`asyncio.to_thread`) so the event loop, and any live panel on
+it, stays responsive while the model computes.
+
+One model serves one running queue: starting a second queue on the same model stops the first
+(with a warning). That makes the common notebook mistake, re-running a cell that creates and
+starts a queue, safe: the old worker does not linger as an orphan competing for the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+import warnings
+import weakref
+from collections import Counter, OrderedDict, deque
+from typing import Any
+
+from .generation import Completion, GenerationParams
+from .metrics import (ActiveRequest, Health, LatencyLog, QueueStats, RateWindow, RecentRequest, Timeline,
+                      preview)
+from .model import LanguageModel
+from .request import Request, RequestStatus
+from .scheduling import Scheduler, SequentialScheduler, WaitingLine
+
+S = RequestStatus
+_RUNNING: weakref.WeakKeyDictionary[LanguageModel, RequestQueue] = weakref.WeakKeyDictionary()
+
+
+class RequestQueue:
+    """FIFO request queue with a sequential worker. See the module docstring for the lifecycle."""
+
+    def __init__(
+        self,
+        model: LanguageModel,
+        *,
+        max_queue_size: int = 1000,
+        request_timeout: float | None = None,
+        scheduler: Scheduler | None = None,
+        sample_interval: float = 0.25,
+        timeline_max_rows: int = 14_400,
+        window_s: float = 10.0,
+        recent: int = 20,
+    ) -> None:
+        if not isinstance(max_queue_size, int) or isinstance(max_queue_size, bool) or max_queue_size < 1:
+            raise ValueError(f"max_queue_size must be an int >= 1, got {max_queue_size!r}")
+        if request_timeout is not None and not request_timeout > 0:
+            raise ValueError(f"request_timeout must be > 0 seconds or None, got {request_timeout!r}")
+        if not sample_interval > 0:
+            raise ValueError(f"sample_interval must be > 0 seconds, got {sample_interval!r}")
+        if not hasattr(model, "generate") or not hasattr(model, "validate"):
+            raise ValueError(f"model must be a queuelab LanguageModel (ql.load_model / ql.SimulatedModel), got {model!r}")
+        self.model = model
+        self.max_queue_size = max_queue_size
+        self.request_timeout = request_timeout
+        self.scheduler = scheduler or SequentialScheduler()
+        self.sample_interval = sample_interval
+        self._waiting: WaitingLine = OrderedDict()
+        self._active: dict[int, Request] = {}
+        self._recent: deque[Request] = deque(maxlen=recent)
+        self._counts: Counter[str] = Counter()
+        self._ids = itertools.count(1)
+        self._timers: dict[int, asyncio.TimerHandle] = {}
+        self._rates = RateWindow(window_s)
+        self._latency = LatencyLog()
+        self._timeline = Timeline(timeline_max_rows)
+        self._lags: deque[float] = deque(maxlen=20)
+        self._state = "created"
+        self._error: str | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wakeup: asyncio.Event | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self._sampler: asyncio.Task[None] | None = None
+        self._started_at = self._stopped_at = None
+        self._model_info: dict[str, Any] = {}
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    @property
+    def state(self) -> str:
+        """created → running → stopping → stopped; broken if the worker died."""
+        return self._state
+
+    @property
+    def running(self) -> bool:
+        return self._state == "running"
+
+    async def start(self) -> RequestQueue:
+        """Start the worker and the sampler. Idempotent while running."""
+        if self._state == "running":
+            return self
+        if self._state != "created":
+            raise RuntimeError(f"this queue is {self._state} and cannot be restarted: create a new RequestQueue")
+        previous = _RUNNING.get(self.model)
+        if previous is not None and previous is not self and previous.running:
+            warnings.warn("another RequestQueue was running on this model; stopping it (cancelling what it had "
+                          "queued). Stop queues with `await queue.stop()` or use `async with queue:`.", stacklevel=2)
+            await previous.stop(drain=False)
+        self._loop = asyncio.get_running_loop()
+        self._model_info = self.model.info()
+        self._wakeup = asyncio.Event()
+        self._started_at = time.perf_counter()
+        self._state = "running"
+        _RUNNING[self.model] = self
+        self._worker = self._loop.create_task(self._work(), name=f"queuelab-worker-{id(self):x}")
+        self._worker.add_done_callback(self._on_worker_exit)
+        self._sampler = self._loop.create_task(self._sample(), name=f"queuelab-sampler-{id(self):x}")
+        return self
+
+    async def stop(self, drain: bool = True) -> None:
+        """Stop accepting requests; finish what is queued (drain) or cancel it; wait for the worker.
+
+        The request being processed always finishes: its model call runs in a thread that cannot be
+        interrupted safely mid-forward-pass. Idempotent.
+        """
+        if self._state == "created":
+            self._state = "stopped"
+            return
+        if self._state in ("running", "stopping"):
+            self._state = "stopping"
+            if not drain:
+                self._cancel_waiting("shutdown")
+            assert self._wakeup is not None and self._worker is not None
+            self._wakeup.set()
+            # shield: interrupting stop() (Ctrl-C in a notebook) must not kill the worker mid-request.
+            await asyncio.shield(self._worker)
+            if self._state == "stopping":
+                self._state = "stopped"
+        await self._stop_sampler()
+        if _RUNNING.get(self.model) is self:
+            del _RUNNING[self.model]
+
+    async def __aenter__(self) -> RequestQueue:
+        return await self.start()
+
+    async def __aexit__(self, exc_type: Any, *exc: Any) -> None:
+        # Leaving on an error or interrupt should not wait for a long queue to drain.
+        await self.stop(drain=exc_type is None)
+
+    # -- requests -------------------------------------------------------------------------------
+    def submit(self, prompt: Any, **gen_kwargs: Any) -> Request:
+        """Add a request and return it at once. Refused requests come back REJECTED, with a reason."""
+        self._check_loop()
+        now = time.perf_counter()
+        req = Request(id=next(self._ids), prompt=prompt, params=None, arrived=now)
+        self._counts["submitted"] += 1
+        reason = self._admit(req, gen_kwargs)
+        if reason is not None:
+            self._move(req, S.REJECTED, now, error=reason)
+            return req
+        self._move(req, S.QUEUED, now)
+        self._waiting[req.id] = req
+        if self.request_timeout is not None:
+            assert self._loop is not None
+            self._timers[req.id] = self._loop.call_later(self.request_timeout, self._expire, req)
+        assert self._wakeup is not None
+        self._wakeup.set()
+        return req
+
+    async def generate(self, prompt: Any, **gen_kwargs: Any) -> Completion:
+        """Submit and wait for the completion (raises RequestError subclasses if it does not complete)."""
+        return await self.submit(prompt, **gen_kwargs)
+
+    def cancel(self, request: Request) -> bool:
+        """Cancel a QUEUED request (True). A PROCESSING one is not interrupted (see `stop`): False."""
+        if request.status is not S.QUEUED or self._waiting.pop(request.id, None) is None:
+            return False
+        self._move(request, S.CANCELLED, time.perf_counter(), error="cancelled by caller")
+        return True
+
+    def _admit(self, req: Request, gen_kwargs: dict[str, Any]) -> str | None:
+        """Why `req` is refused at the door, or None to admit it."""
+        if self._state != "running":
+            return {
+                "created": "queue is not started: `await queue.start()` or use `async with queue:`",
+                "broken": f"queue worker died: {self._error}",
+            }.get(self._state, "queue is stopped")
+        try:
+            req.params = GenerationParams.from_kwargs(gen_kwargs)
+            req.prompt_tokens = self.model.validate(req.prompt, req.params)
+        except ValueError as e:
+            return f"invalid request: {e}"
+        if len(self._waiting) >= self.max_queue_size:
+            return f"queue full: {len(self._waiting)} requests waiting (max_queue_size={self.max_queue_size})"
+        return None
+
+    def _check_loop(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError("submit() must be called from async code running on the queue's event loop "
+                               "(a notebook cell or a coroutine); scripts: see ql.run()") from None
+        if self._loop is not None and loop is not self._loop:
+            raise RuntimeError("this queue was started on a different event loop")
+
+    def _expire(self, req: Request) -> None:
+        if self._waiting.pop(req.id, None) is not None:
+            self._move(req, S.CANCELLED, time.perf_counter(), error="timeout")
+
+    def _cancel_waiting(self, reason: str) -> None:
+        now = time.perf_counter()
+        while self._waiting:
+            _, req = self._waiting.popitem(last=False)
+            self._move(req, S.CANCELLED, now, error=reason)
+
+    # -- the one place statuses change, and the bookkeeping that goes with it -------------------------------
+    def _move(self, req: Request, status: RequestStatus, now: float, *,
+              completion: Completion | None = None, error: str | None = None) -> None:
+        req.advance(status, now, completion=completion, error=error)
+        if status is S.PROCESSING:
+            self._active[req.id] = req
+        timer = self._timers.pop(req.id, None) if status is not S.QUEUED else None
+        if timer is not None:
+            timer.cancel()
+        if not status.terminal:
+            return
+        self._active.pop(req.id, None)
+        self._counts[status.value] += 1
+        self._recent.append(req)
+        if status is S.COMPLETED and completion is not None:
+            self._counts["tokens"] += completion.completion_tokens
+            self._rates.add(now, completion.completion_tokens)
+            self._latency.add(wait=req.wait, service=req.service, ttft=req.ttft, e2e=req.e2e)
+
+    # -- the worker ---------------------------------------------------------------------------
+    async def _work(self) -> None:
+        while batch := await self._next_batch():
+            await self._serve(batch)
+
+    async def _next_batch(self) -> list[Request]:
+        """Wait (without polling) until something is queued; [] once stopping with nothing left."""
+        assert self._wakeup is not None
+        while not self._waiting:
+            if self._state != "running":
+                return []
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        return self.scheduler.select(self._waiting)
+
+    async def _serve(self, batch: list[Request]) -> None:
+        started = time.perf_counter()
+        for req in batch:
+            self._move(req, S.PROCESSING, started)
+        try:
+            results = await asyncio.to_thread(self._run_model, batch)
+        except Exception as e:  # the model failed: fail these requests, keep serving
+            error = f"{type(e).__name__}: {e}"
+            now = time.perf_counter()
+            for req in batch:
+                self._move(req, S.FAILED, now, error=error)
+            return
+        for req, (completion, finished) in zip(batch, results):
+            if req.first_token is None:  # a model that did not stream: trust its own measurement
+                req.first_token = min(req.started + completion.ttft_s, finished)
+            self._move(req, S.COMPLETED, finished, completion=completion)
+
+    def _run_model(self, batch: list[Request]) -> list[tuple[Completion, float]]:
+        """Runs in a worker thread. Returns each completion with the clock reading when it ended."""
+        if len(batch) == 1:
+            req = batch[0]
+            assert req.params is not None
+            p = req.params
+            completion = self.model.generate(req.prompt, max_new_tokens=p.max_new_tokens, temperature=p.temperature,
+                                             seed=p.seed, on_token=self._token_callback(req))
+            return [(completion, time.perf_counter())]
+        p = batch[0].params
+        assert p is not None
+        completions = self.model.generate_batch([r.prompt for r in batch], max_new_tokens=p.max_new_tokens,
+                                                temperature=p.temperature, seed=p.seed)
+        now = time.perf_counter()
+        return [(c, now) for c in completions]
+
+    def _token_callback(self, req: Request) -> Any:
+        loop = self._loop
+        assert loop is not None
+
+        def on_token(_piece: str) -> None:
+            # Called in the model's thread: read the clock here (the honest time), hand it to the loop.
+            loop.call_soon_threadsafe(self._on_token, req, time.perf_counter())
+
+        return on_token
+
+    @staticmethod
+    def _on_token(req: Request, t: float) -> None:
+        if req.first_token is None:
+            req.first_token = t
+        req.tokens_streamed += 1
+
+    def _on_worker_exit(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            error = "worker task was cancelled"
+        elif task.exception() is not None:
+            e = task.exception()
+            error = f"{type(e).__name__}: {e}"
+        else:
+            return  # a normal exit after stop()
+        # No silent hang: say what happened, and settle every request the dead worker owned.
+        self._error, self._state = error, "broken"
+        now = time.perf_counter()
+        for req in list(self._active.values()):
+            self._move(req, S.FAILED, now, error=f"queue worker died: {error}")
+        self._cancel_waiting(f"queue worker died: {error}")
+        if self._sampler is not None:
+            self._sampler.cancel()
+
+    # -- observation ------------------------------------------------------------------------------
+    async def _sample(self) -> None:
+        """Record a timeline row every `sample_interval`; the lateness of each tick is the loop lag."""
+        due = time.perf_counter()
+        while True:
+            now = time.perf_counter()
+            lag = max(0.0, now - due)
+            self._lags.append(lag)
+            self._record(now, lag)
+            due = max(due + self.sample_interval, now)  # after a long stall, do not burst to catch up
+            await asyncio.sleep(due - time.perf_counter())
+
+    def _record(self, now: float, lag: float) -> None:
+        req_s, tok_s = self._rates.rates(now, self._started_at or now)
+        c = self._counts
+        self._timeline.append((now, now - (self._started_at or now), len(self._waiting), len(self._active),
+                               c["submitted"], c["completed"], c["failed"], req_s, tok_s, lag))
+
+    async def _stop_sampler(self) -> None:
+        if self._sampler is None:
+            return
+        self._sampler.cancel()
+        try:
+            await self._sampler
+        except asyncio.CancelledError:
+            pass
+        if self._stopped_at is None:
+            self._stopped_at = time.perf_counter()
+            self._record(self._stopped_at, 0.0)  # the final state, so plots end where the run ended
+
+    def timeline(self):  # -> pandas.DataFrame
+        """One row per sampler tick: t, elapsed, queue_depth, processing, totals, rates, loop lag."""
+        return self._timeline.frame()
+
+    @property
+    def queue_size(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def processing(self) -> int:
+        return len(self._active)
+
+    def stats(self) -> QueueStats:
+        """A consistent snapshot of counts, rates, latency percentiles, the active request and health."""
+        now = self._stopped_at or time.perf_counter()
+        start = self._started_at or now
+        uptime = now - start
+        req_s, tok_s = self._rates.rates(now, start)
+        c = self._counts
+        return QueueStats(
+            uptime_s=uptime, queue_size=len(self._waiting), processing=len(self._active),
+            submitted=c["submitted"], completed=c["completed"], failed=c["failed"],
+            cancelled=c["cancelled"], rejected=c["rejected"], req_per_s=req_s, tokens_per_s=tok_s,
+            req_per_s_overall=c["completed"] / uptime if uptime > 0 else 0.0,
+            tokens_per_s_overall=c["tokens"] / uptime if uptime > 0 else 0.0,
+            window_s=self._rates.window_s, latency=self._latency.summary(),
+            active=[ActiveRequest(r.id, preview(r.prompt), now - (r.started or now), r.tokens_streamed)
+                    for r in self._active.values()],
+            recent=[_recent(r) for r in reversed(self._recent)],
+            health=Health(state=self._state, worker_alive=self._worker is not None and not self._worker.done(),
+                          loop_lag_s=max(self._lags, default=0.0), model=self._model_info, error=self._error),
+        )
+
+    def __repr__(self) -> str:
+        return (f"<RequestQueue {self._state} model={getattr(self.model, 'name', '?')!r} "
+                f"queued={len(self._waiting)} processing={len(self._active)}>")
+
+
+def _recent(r: Request) -> RecentRequest:
+    c = r.completion
+    return RecentRequest(r.id, r.status.value if r.status else "?", r.wait, r.e2e,
+                         c.completion_tokens if c else 0, preview(c.text if c else (r.error or "")))
