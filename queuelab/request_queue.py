@@ -278,16 +278,13 @@ class RequestQueue:
         assert loop is not None
 
         def on_token(_piece: str) -> None:
-            # Called in the model's thread: read the clock here (the honest time), hand it to the loop.
-            loop.call_soon_threadsafe(self._on_token, req, time.perf_counter())
+            # Runs in the model's thread. The count is a plain int that only this thread writes and
+            # the loop only reads; the loop is woken once per request (first token), not per token.
+            req.tokens_streamed += 1
+            if req.tokens_streamed == 1:  # read the clock here, where the token appeared
+                loop.call_soon_threadsafe(_stamp_first_token, req, time.perf_counter())
 
         return on_token
-
-    @staticmethod
-    def _on_token(req: Request, t: float) -> None:
-        if req.first_token is None:
-            req.first_token = t
-        req.tokens_streamed += 1
 
     def _on_worker_exit(self, task: asyncio.Task[None]) -> None:
         if task.cancelled():
@@ -372,6 +369,11 @@ class RequestQueue:
     def __repr__(self) -> str:
         return (f"<RequestQueue {self._state} model={getattr(self.model, 'name', '?')!r} "
                 f"queued={len(self._waiting)} processing={len(self._active)}>")
+
+
+def _stamp_first_token(req: Request, t: float) -> None:
+    if req.first_token is None:
+        req.first_token = t
 
 
 def _recent(r: Request) -> RecentRequest:

@@ -1,0 +1,15 @@
+"""The README's queue example runs as written."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+
+def test_queue_example_runs():
+    block = re.search(r"## The queue\n\n```python\n(.*?)```", README, re.S).group(1)
+    out = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("completed") == 5 and "p50" in out.stdout
