@@ -8,6 +8,8 @@ from .request_queue import RequestQueue
 from .scheduling import Scheduler, SequentialScheduler
 from .simulated import Exponential, Fixed, PerToken, ServiceTime, SimulatedFailure, SimulatedModel
 from .sync import run
+from . import stress
+from .stress_run import StressRun
 
 __version__ = "0.1.0"
 
@@ -15,5 +17,5 @@ __all__ = [
     "EMBEDDED", "MAX_NEW_TOKENS_LIMIT", "TINY", "Completion", "Exponential", "Fixed", "GenerationParams",
     "LanguageModel", "PerToken", "Percentiles", "QueueStats", "Request", "RequestCancelled", "RequestError",
     "RequestFailed", "RequestQueue", "RequestRejected", "RequestStatus", "Scheduler", "SequentialScheduler",
-    "ServiceTime", "SimulatedFailure", "SimulatedModel", "load_model", "pick_device", "run",
+    "ServiceTime", "SimulatedFailure", "SimulatedModel", "StressRun", "load_model", "pick_device", "run", "stress",
 ]

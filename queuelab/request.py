@@ -125,6 +125,11 @@ class Request:
         return _diff(self.finished, self.arrived)
 
     @property
+    def future(self) -> asyncio.Future[None]:
+        """Resolves (to None) when the request reaches a terminal state; for asyncio.wait and callbacks."""
+        return self._done
+
+    @property
     def done(self) -> bool:
         return self.status is not None and self.status.terminal
 

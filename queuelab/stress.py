@@ -1,0 +1,283 @@
+"""Stress experiments: incremental waves, rapid-fire floods, open-loop arrivals, closed-loop users.
+
+Every experiment returns a `StressRun`. Open-loop generators send on schedule whatever the queue does
+(they never wait on the model), which is what makes queue growth visible; each request records when
+it was scheduled and when it was actually sent, and the summary reports the difference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import itertools
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import arrivals
+from .generation import GenerationParams
+from .prompts import choose
+from .request import Request
+from .request_queue import RequestQueue
+from .stress_run import REQUEST_COLUMNS, StressRun, compare
+from .targets import QueueTarget, Target, as_target
+
+__all__ = ["incremental", "rapid_fire", "poisson", "constant", "gamma", "concurrency", "compare",
+           "StressRun", "Target", "QueueTarget"]
+
+WaveCallback = Callable[[int, int], None]
+DoneCallback = Callable[[Request], None]
+LEAD_S = 0.005  # the schedule starts a moment after set-up, so the first send is not already late
+
+
+class _Runner:
+    """Sends requests to a target and keeps, for each, its wave and scheduled and actual send times."""
+
+    def __init__(self, target: Target, gen: GenerationParams, *, total: int | None, progress: bool,
+                 desc: str, on_request_done: DoneCallback | None) -> None:
+        self.target, self.on_request_done = target, on_request_done
+        self.gen = {"max_new_tokens": gen.max_new_tokens, "temperature": gen.temperature, "seed": gen.seed}
+        self.rows: list[tuple[Request, int, float, float, str]] = []
+        self.bar = _progress_bar(total, desc) if progress else None
+
+    def send(self, prompt: str, wave: int, scheduled_at: float) -> Request:
+        sent_at = time.perf_counter()
+        req = self.target.submit(prompt, **self.gen)
+        self.rows.append((req, wave, scheduled_at, sent_at, prompt))
+        req.future.add_done_callback(lambda _f: self._finished(req))
+        return req
+
+    def _finished(self, req: Request) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+        if self.on_request_done is not None:
+            self.on_request_done(req)
+
+    def unfinished(self) -> list[Request]:
+        return [r for r, *_ in self.rows if not r.done]
+
+    def cancel_unfinished(self) -> None:
+        for req in self.unfinished():
+            self.target.cancel(req)
+
+    async def settle(self) -> None:
+        """Wait until every request sent is terminal (the target guarantees that they all get there)."""
+        pending = [r.future for r in self.unfinished()]
+        if pending:
+            await asyncio.wait(pending)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def frame(self, start: float) -> pd.DataFrame:
+        rows = [{**req.as_row(), "wave": wave, "scheduled_at": sched, "sent_at": sent, "prompt": prompt,
+                 "offset": sched - start} for req, wave, sched, sent, prompt in self.rows]
+        return pd.DataFrame(rows, columns=REQUEST_COLUMNS).astype({"wave": int, "id": int})
+
+
+def _progress_bar(total: int | None, desc: str) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="req", leave=True)
+
+
+async def _experiment(kind: str, target_like: RequestQueue | Target, params: dict[str, Any], *,
+                      gen: GenerationParams, seed: int, total: int | None, progress: bool, name: str | None,
+                      on_request_done: DoneCallback | None, body: Callable[[_Runner, float], Any]) -> StressRun:
+    """Shared frame of every experiment: run `body`, settle every request, build the StressRun.
+
+    Cancelling the experiment (an interrupted notebook cell) cancels its queued requests, so the
+    queue is left usable, and re-raises.
+    """
+    target = as_target(target_like)
+    runner = _Runner(target, gen, total=total, progress=progress, desc=kind, on_request_done=on_request_done)
+    start = time.perf_counter() + LEAD_S
+    wall = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    try:
+        await body(runner, start)
+        await runner.settle()
+    except BaseException:
+        runner.cancel_unfinished()
+        raise
+    finally:
+        runner.close()
+    requests = runner.frame(start)
+    if requests.empty:
+        raise ValueError("the experiment sent no requests (is the duration shorter than the first gap?)")
+    end = float(requests.finished.max())
+    timeline = target.timeline()
+    if timeline is not None and len(timeline):
+        timeline = timeline[(timeline.t >= start - 1.0) & (timeline.t <= end + 1.0)].reset_index(drop=True)
+    config = {"kind": kind, "name": name or kind, **params, "seed": seed, "max_new_tokens": gen.max_new_tokens,
+              "temperature": gen.temperature, "target": target.info(), "started_at_utc": wall,
+              "clock": "time.perf_counter", "start": start}
+    return StressRun(kind=kind, config=config, requests=requests, timeline=timeline)
+
+
+def _gen(max_new_tokens: int, temperature: float) -> GenerationParams:
+    return GenerationParams(max_new_tokens=max_new_tokens, temperature=temperature)
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def _seconds(name: str, value: Any, *, allow_none: bool = False) -> float | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
+    return float(value)
+
+
+async def _send_on_schedule(runner: _Runner, start: float, offsets: Sequence[float], prompts: list[str],
+                            wave: int = 1) -> None:
+    """Open loop: send each prompt at start + offset, never waiting on the target."""
+    for i, (offset, prompt) in enumerate(zip(offsets, prompts)):
+        due = start + float(offset)
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        elif i % 64 == 63:
+            await asyncio.sleep(0)  # behind schedule: still let the loop breathe now and then
+        runner.send(prompt, wave, due)
+
+
+# -- experiments ------------------------------------------------------------------------------------------
+async def incremental(queue: RequestQueue | Target, waves: Sequence[int] = (10, 20, 30, 40), *,
+                      max_new_tokens: int = 32, temperature: float = 0.0, prompts: Sequence[str] | None = None,
+                      seed: int = 0, wave_timeout: float | None = None, pause_s: float = 0.0,
+                      progress: bool = True, name: str | None = None,
+                      on_wave_start: WaveCallback | None = None,
+                      on_request_done: DoneCallback | None = None) -> StressRun:
+    """Waves of N requests sent at once; each wave waits for all of its requests (or `wave_timeout`,
+    after which its still-queued requests are cancelled) before the next starts, `pause_s` later."""
+    if isinstance(waves, (str, bytes)) or not isinstance(waves, Sequence) or not waves:
+        raise ValueError(f"waves must be a non-empty list of positive ints, got {waves!r}")
+    sizes = [_positive_int("each wave size", w) for w in waves]
+    timeout = _seconds("wave_timeout", wave_timeout, allow_none=True)
+    if timeout == 0:
+        raise ValueError("wave_timeout must be > 0 seconds or None")
+    pause = _seconds("pause_s", pause_s)
+    gen = _gen(max_new_tokens, temperature)
+    all_prompts = choose(sum(sizes), prompts, np.random.default_rng(seed))
+
+    async def body(runner: _Runner, start: float) -> None:
+        cursor = itertools.count()
+        for number, size in enumerate(sizes, 1):
+            if on_wave_start is not None:
+                on_wave_start(number, size)
+            now = time.perf_counter()
+            wave = [runner.send(all_prompts[next(cursor)], number, now) for _ in range(size)]
+            pending = [r.future for r in wave if not r.done]
+            if pending:
+                _, late = await asyncio.wait(pending, timeout=timeout)
+                for req in wave:
+                    if not req.done:
+                        runner.target.cancel(req)  # queued ones end now; a processing one finishes
+            if pause and number < len(sizes):
+                await asyncio.sleep(pause)
+
+    return await _experiment("incremental", queue, {"waves": sizes, "wave_timeout": timeout, "pause_s": pause},
+                             gen=gen, seed=seed, total=sum(sizes), progress=progress, name=name,
+                             on_request_done=on_request_done, body=body)
+
+
+async def rapid_fire(queue: RequestQueue | Target, n: int = 100, *, burst_s: float = 0.0,
+                     max_new_tokens: int = 32, temperature: float = 0.0, prompts: Sequence[str] | None = None,
+                     seed: int = 0, progress: bool = True, name: str | None = None,
+                     on_request_done: DoneCallback | None = None) -> StressRun:
+    """n requests as fast as possible (burst_s=0) or spread evenly over burst_s seconds."""
+    n = _positive_int("n", n)
+    burst = _seconds("burst_s", burst_s)
+    gen = _gen(max_new_tokens, temperature)
+    chosen = choose(n, prompts, np.random.default_rng(seed))
+    offsets = np.arange(n) * (burst / n)
+
+    async def body(runner: _Runner, start: float) -> None:
+        await _send_on_schedule(runner, start, offsets, chosen)
+
+    return await _experiment("rapid_fire", queue, {"n": n, "burst_s": burst}, gen=gen, seed=seed, total=n,
+                             progress=progress, name=name, on_request_done=on_request_done, body=body)
+
+
+async def _open_loop(kind: str, queue: RequestQueue | Target, rate: float, duration: float | None, n: int | None,
+                     *, burstiness: float, max_new_tokens: int, temperature: float,
+                     prompts: Sequence[str] | None, seed: int, progress: bool, name: str | None,
+                     on_request_done: DoneCallback | None) -> StressRun:
+    offsets = arrivals.schedule(kind, rate, duration=duration, n=n, seed=seed, burstiness=burstiness)
+    gen = _gen(max_new_tokens, temperature)
+    # A separate stream for prompts, so changing the rate does not change which prompts are sent.
+    chosen = choose(len(offsets), prompts, np.random.default_rng([seed, 1]))
+
+    async def body(runner: _Runner, start: float) -> None:
+        await _send_on_schedule(runner, start, offsets, chosen)
+
+    params = {"rate": rate, "duration": duration, "n": n, "burstiness": burstiness if kind == "gamma" else None}
+    return await _experiment(kind, queue, params, gen=gen, seed=seed, total=len(offsets), progress=progress,
+                             name=name, on_request_done=on_request_done, body=body)
+
+
+async def poisson(queue: RequestQueue | Target, rate: float, duration: float | None = None, n: int | None = None, *,
+                  seed: int = 0, max_new_tokens: int = 32, temperature: float = 0.0,
+                  prompts: Sequence[str] | None = None, progress: bool = True, name: str | None = None,
+                  on_request_done: DoneCallback | None = None) -> StressRun:
+    """Open loop, Poisson arrivals at `rate` per second (exponential gaps), for `duration` s or `n` requests."""
+    return await _open_loop("poisson", queue, rate, duration, n, burstiness=1.0, max_new_tokens=max_new_tokens,
+                            temperature=temperature, prompts=prompts, seed=seed, progress=progress, name=name,
+                            on_request_done=on_request_done)
+
+
+async def constant(queue: RequestQueue | Target, rate: float, duration: float | None = None, n: int | None = None, *,
+                   seed: int = 0, max_new_tokens: int = 32, temperature: float = 0.0,
+                   prompts: Sequence[str] | None = None, progress: bool = True, name: str | None = None,
+                   on_request_done: DoneCallback | None = None) -> StressRun:
+    """Open loop, one request every 1/rate seconds."""
+    return await _open_loop("constant", queue, rate, duration, n, burstiness=1.0, max_new_tokens=max_new_tokens,
+                            temperature=temperature, prompts=prompts, seed=seed, progress=progress, name=name,
+                            on_request_done=on_request_done)
+
+
+async def gamma(queue: RequestQueue | Target, rate: float, duration: float | None = None, n: int | None = None, *,
+                burstiness: float = 1.0, seed: int = 0, max_new_tokens: int = 32, temperature: float = 0.0,
+                prompts: Sequence[str] | None = None, progress: bool = True, name: str | None = None,
+                on_request_done: DoneCallback | None = None) -> StressRun:
+    """Open loop, Gamma gaps as in vLLM's serving benchmark: burstiness 1 is Poisson, larger is steadier."""
+    return await _open_loop("gamma", queue, rate, duration, n, burstiness=burstiness, max_new_tokens=max_new_tokens,
+                            temperature=temperature, prompts=prompts, seed=seed, progress=progress, name=name,
+                            on_request_done=on_request_done)
+
+
+async def concurrency(queue: RequestQueue | Target, users: int, n: int, *, max_new_tokens: int = 32,
+                      temperature: float = 0.0, prompts: Sequence[str] | None = None, seed: int = 0,
+                      progress: bool = True, name: str | None = None,
+                      on_request_done: DoneCallback | None = None) -> StressRun:
+    """Closed loop: `users` simulated users, each sending its next request when its last one ends, n in all."""
+    users = _positive_int("users", users)
+    n = _positive_int("n", n)
+    gen = _gen(max_new_tokens, temperature)
+    chosen = choose(n, prompts, np.random.default_rng(seed))
+    tickets = iter(range(n))
+
+    async def user(runner: _Runner) -> None:
+        for i in tickets:  # shared iterator: users take the next request number in turn
+            now = time.perf_counter()
+            req = runner.send(chosen[i], 1, now)
+            if not req.done:
+                await asyncio.wait([req.future])
+            else:
+                await asyncio.sleep(0)
+
+    async def body(runner: _Runner, start: float) -> None:
+        await asyncio.sleep(max(0.0, start - time.perf_counter()))
+        await asyncio.gather(*(user(runner) for _ in range(users)))
+
+    return await _experiment("concurrency", queue, {"users": users, "n": n}, gen=gen, seed=seed, total=n,
+                             progress=progress, name=name, on_request_done=on_request_done, body=body)
