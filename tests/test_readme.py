@@ -13,3 +13,12 @@ def test_queue_example_runs():
     out = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("completed") == 5 and "p50" in out.stdout
+
+
+def test_stress_example_runs(tmp_path):
+    block = re.search(r"## Stress experiments\n\n```python\n(.*?)```", README, re.S).group(1)
+    block = block.replace("data/runs/incremental.json", str(tmp_path / "incremental.json"))
+    out = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    assert "Total Requests Sent: 100" in out.stdout and "little_ratio" in out.stdout
+    assert (tmp_path / "incremental.json").exists()
