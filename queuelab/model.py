@@ -7,7 +7,6 @@ queue can run it in a worker thread while the event loop stays free.
 from __future__ import annotations
 
 import threading
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import threading
 import time
 import warnings
 import weakref

@@ -178,7 +178,7 @@ async def incremental(queue: RequestQueue | Target, waves: Sequence[int] = (10, 
             wave = [runner.send(all_prompts[next(cursor)], number, now) for _ in range(size)]
             pending = [r.future for r in wave if not r.done]
             if pending:
-                _, late = await asyncio.wait(pending, timeout=timeout)
+                await asyncio.wait(pending, timeout=timeout)
                 for req in wave:
                     if not req.done:
                         runner.target.cancel(req)  # queued ones end now; a processing one finishes

@@ -1,7 +1,6 @@
 import asyncio
 import random
 import threading
-import time
 
 import numpy as np
 import pytest

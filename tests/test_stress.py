@@ -6,7 +6,6 @@ import pandas as pd
 import pytest
 
 import queuelab as ql
-from queuelab import RequestStatus as S
 from queuelab import stress
 from queuelab.prompts import OUTPUT_CLASSES, choose, load_prompts
 
