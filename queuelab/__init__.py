@@ -8,6 +8,19 @@ from .request_queue import RequestQueue
 from .scheduling import Scheduler, SequentialScheduler
 from .simulated import Exponential, Fixed, PerToken, ServiceTime, SimulatedFailure, SimulatedModel
 from .sync import run
+
+
+def __getattr__(name: str) -> object:
+    # The notebook extra (ipywidgets, matplotlib) is optional: import those modules only when asked.
+    import importlib
+
+    if name in ("Dashboard", "StressView"):
+        return getattr(importlib.import_module(".dashboard", __name__), name)
+    if name in ("plots", "dashboard", "theory"):
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'queuelab' has no attribute {name!r}")
+
+
 from . import stress
 from .stress_run import StressRun
 

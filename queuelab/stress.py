@@ -13,7 +13,7 @@ import itertools
 import math
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -27,33 +27,77 @@ from .stress_run import REQUEST_COLUMNS, StressRun, compare
 from .targets import QueueTarget, Target, as_target
 
 __all__ = ["incremental", "rapid_fire", "poisson", "constant", "gamma", "concurrency", "compare",
-           "StressRun", "Target", "QueueTarget"]
+           "StressRun", "Target", "QueueTarget", "Progress", "TqdmProgress"]
 
 WaveCallback = Callable[[int, int], None]
 DoneCallback = Callable[[Request], None]
 LEAD_S = 0.005  # the schedule starts a moment after set-up, so the first send is not already late
 
 
+class Progress(Protocol):
+    """A live display of an experiment: told when it starts, of every request sent and done, and when it ends.
+
+    `progress=True` uses a tqdm bar; `progress=ql.StressView()` a live per-wave table in a notebook.
+    """
+
+    def start(self, total: int | None, desc: str) -> None: ...
+    def sent(self, req: Request, wave: int) -> None: ...
+    def done(self, req: Request) -> None: ...
+    def close(self) -> None: ...
+
+
+class TqdmProgress:
+    """A tqdm.auto bar: a widget in notebooks, a text bar in terminals."""
+
+    def start(self, total: int | None, desc: str) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, desc=desc, unit="req", leave=True)
+
+    def sent(self, req: Request, wave: int) -> None:
+        pass
+
+    def done(self, req: Request) -> None:
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _progress(progress: bool | Progress | None) -> Progress | None:
+    if progress is True:
+        return TqdmProgress()
+    if progress is False or progress is None:
+        return None
+    if all(hasattr(progress, m) for m in ("start", "sent", "done", "close")):
+        return progress
+    raise ValueError(f"progress must be True, False or a progress display (e.g. ql.StressView()), got {progress!r}")
+
+
 class _Runner:
     """Sends requests to a target and keeps, for each, its wave and scheduled and actual send times."""
 
-    def __init__(self, target: Target, gen: GenerationParams, *, total: int | None, progress: bool,
+    def __init__(self, target: Target, gen: GenerationParams, *, total: int | None, progress: Progress | None,
                  desc: str, on_request_done: DoneCallback | None) -> None:
         self.target, self.on_request_done = target, on_request_done
         self.gen = {"max_new_tokens": gen.max_new_tokens, "temperature": gen.temperature, "seed": gen.seed}
         self.rows: list[tuple[Request, int, float, float, str]] = []
-        self.bar = _progress_bar(total, desc) if progress else None
+        self.progress = progress
+        if progress is not None:
+            progress.start(total, desc)
 
     def send(self, prompt: str, wave: int, scheduled_at: float) -> Request:
         sent_at = time.perf_counter()
         req = self.target.submit(prompt, **self.gen)
         self.rows.append((req, wave, scheduled_at, sent_at, prompt))
+        if self.progress is not None:
+            self.progress.sent(req, wave)
         req.future.add_done_callback(lambda _f: self._finished(req))
         return req
 
     def _finished(self, req: Request) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
+        if self.progress is not None:
+            self.progress.done(req)
         if self.on_request_done is not None:
             self.on_request_done(req)
 
@@ -71,8 +115,8 @@ class _Runner:
             await asyncio.wait(pending)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        if self.progress is not None:
+            self.progress.close()
 
     def frame(self, start: float) -> pd.DataFrame:
         rows = [{**req.as_row(), "wave": wave, "scheduled_at": sched, "sent_at": sent, "prompt": prompt,
@@ -80,14 +124,9 @@ class _Runner:
         return pd.DataFrame(rows, columns=REQUEST_COLUMNS).astype({"wave": int, "id": int})
 
 
-def _progress_bar(total: int | None, desc: str) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="req", leave=True)
-
-
 async def _experiment(kind: str, target_like: RequestQueue | Target, params: dict[str, Any], *,
-                      gen: GenerationParams, seed: int, total: int | None, progress: bool, name: str | None,
+                      gen: GenerationParams, seed: int, total: int | None, progress: bool | Progress,
+                      name: str | None,
                       on_request_done: DoneCallback | None, body: Callable[[_Runner, float], Any]) -> StressRun:
     """Shared frame of every experiment: run `body`, settle every request, build the StressRun.
 
@@ -95,7 +134,8 @@ async def _experiment(kind: str, target_like: RequestQueue | Target, params: dic
     queue is left usable, and re-raises.
     """
     target = as_target(target_like)
-    runner = _Runner(target, gen, total=total, progress=progress, desc=kind, on_request_done=on_request_done)
+    runner = _Runner(target, gen, total=total, progress=_progress(progress), desc=kind,
+                     on_request_done=on_request_done)
     start = time.perf_counter() + LEAD_S
     wall = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     try:
@@ -154,7 +194,7 @@ async def _send_on_schedule(runner: _Runner, start: float, offsets: Sequence[flo
 async def incremental(queue: RequestQueue | Target, waves: Sequence[int] = (10, 20, 30, 40), *,
                       max_new_tokens: int = 32, temperature: float = 0.0, prompts: Sequence[str] | None = None,
                       seed: int = 0, wave_timeout: float | None = None, pause_s: float = 0.0,
-                      progress: bool = True, name: str | None = None,
+                      progress: bool | Progress = True, name: str | None = None,
                       on_wave_start: WaveCallback | None = None,
                       on_request_done: DoneCallback | None = None) -> StressRun:
     """Waves of N requests sent at once; each wave waits for all of its requests (or `wave_timeout`,
@@ -192,7 +232,7 @@ async def incremental(queue: RequestQueue | Target, waves: Sequence[int] = (10, 
 
 async def rapid_fire(queue: RequestQueue | Target, n: int = 100, *, burst_s: float = 0.0,
                      max_new_tokens: int = 32, temperature: float = 0.0, prompts: Sequence[str] | None = None,
-                     seed: int = 0, progress: bool = True, name: str | None = None,
+                     seed: int = 0, progress: bool | Progress = True, name: str | None = None,
                      on_request_done: DoneCallback | None = None) -> StressRun:
     """n requests as fast as possible (burst_s=0) or spread evenly over burst_s seconds."""
     n = _positive_int("n", n)
@@ -210,7 +250,7 @@ async def rapid_fire(queue: RequestQueue | Target, n: int = 100, *, burst_s: flo
 
 async def _open_loop(kind: str, queue: RequestQueue | Target, rate: float, duration: float | None, n: int | None,
                      *, burstiness: float, max_new_tokens: int, temperature: float,
-                     prompts: Sequence[str] | None, seed: int, progress: bool, name: str | None,
+                     prompts: Sequence[str] | None, seed: int, progress: bool | Progress, name: str | None,
                      on_request_done: DoneCallback | None) -> StressRun:
     offsets = arrivals.schedule(kind, rate, duration=duration, n=n, seed=seed, burstiness=burstiness)
     gen = _gen(max_new_tokens, temperature)
@@ -227,7 +267,7 @@ async def _open_loop(kind: str, queue: RequestQueue | Target, rate: float, durat
 
 async def poisson(queue: RequestQueue | Target, rate: float, duration: float | None = None, n: int | None = None, *,
                   seed: int = 0, max_new_tokens: int = 32, temperature: float = 0.0,
-                  prompts: Sequence[str] | None = None, progress: bool = True, name: str | None = None,
+                  prompts: Sequence[str] | None = None, progress: bool | Progress = True, name: str | None = None,
                   on_request_done: DoneCallback | None = None) -> StressRun:
     """Open loop, Poisson arrivals at `rate` per second (exponential gaps), for `duration` s or `n` requests."""
     return await _open_loop("poisson", queue, rate, duration, n, burstiness=1.0, max_new_tokens=max_new_tokens,
@@ -237,7 +277,7 @@ async def poisson(queue: RequestQueue | Target, rate: float, duration: float | N
 
 async def constant(queue: RequestQueue | Target, rate: float, duration: float | None = None, n: int | None = None, *,
                    seed: int = 0, max_new_tokens: int = 32, temperature: float = 0.0,
-                   prompts: Sequence[str] | None = None, progress: bool = True, name: str | None = None,
+                   prompts: Sequence[str] | None = None, progress: bool | Progress = True, name: str | None = None,
                    on_request_done: DoneCallback | None = None) -> StressRun:
     """Open loop, one request every 1/rate seconds."""
     return await _open_loop("constant", queue, rate, duration, n, burstiness=1.0, max_new_tokens=max_new_tokens,
@@ -247,7 +287,7 @@ async def constant(queue: RequestQueue | Target, rate: float, duration: float | 
 
 async def gamma(queue: RequestQueue | Target, rate: float, duration: float | None = None, n: int | None = None, *,
                 burstiness: float = 1.0, seed: int = 0, max_new_tokens: int = 32, temperature: float = 0.0,
-                prompts: Sequence[str] | None = None, progress: bool = True, name: str | None = None,
+                prompts: Sequence[str] | None = None, progress: bool | Progress = True, name: str | None = None,
                 on_request_done: DoneCallback | None = None) -> StressRun:
     """Open loop, Gamma gaps as in vLLM's serving benchmark: burstiness 1 is Poisson, larger is steadier."""
     return await _open_loop("gamma", queue, rate, duration, n, burstiness=burstiness, max_new_tokens=max_new_tokens,
@@ -257,7 +297,7 @@ async def gamma(queue: RequestQueue | Target, rate: float, duration: float | Non
 
 async def concurrency(queue: RequestQueue | Target, users: int, n: int, *, max_new_tokens: int = 32,
                       temperature: float = 0.0, prompts: Sequence[str] | None = None, seed: int = 0,
-                      progress: bool = True, name: str | None = None,
+                      progress: bool | Progress = True, name: str | None = None,
                       on_request_done: DoneCallback | None = None) -> StressRun:
     """Closed loop: `users` simulated users, each sending its next request when its last one ends, n in all."""
     users = _positive_int("users", users)

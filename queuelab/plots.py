@@ -1,0 +1,149 @@
+"""Plots of stress runs and queue timelines. Each returns a matplotlib Figure with labelled axes.
+
+Plots only read the DataFrames of a `StressRun` (or a queue's `timeline()`); they compute no
+metric of their own, so a plot and a table can never disagree. Figures are built without pyplot:
+no global state, and a notebook shows each figure once (the cell's value).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from .request_queue import RequestQueue
+from .stress_run import StressRun, compare as compare_table
+
+WAVE_COLOURS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c")
+
+
+def _figure(rows: int = 1, cols: int = 1, *, size: tuple[float, float] = (8, 4), **kw: Any) -> tuple[Figure, Any]:
+    fig = Figure(figsize=size, layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False, **kw)
+    return fig, axes
+
+
+def _timeline_of(source: StressRun | RequestQueue | pd.DataFrame) -> tuple[pd.DataFrame, float]:
+    """The timeline and the instant plots count time from (the run's start, or the queue's first sample)."""
+    if isinstance(source, StressRun):
+        return source.timeline, float(source.config.get("start", source.requests.scheduled_at.min()))
+    tl = source.timeline() if isinstance(source, RequestQueue) else source
+    return tl, float(tl.t.iloc[0]) if len(tl) else 0.0
+
+
+def timeline(source: StressRun | RequestQueue | pd.DataFrame, *, size: tuple[float, float] = (9, 5)) -> Figure:
+    """Queue depth and processing over time (waves shaded), and throughput below."""
+    tl, t0 = _timeline_of(source)
+    fig, ax = _figure(2, 1, size=size, sharex=True)
+    top, bottom = ax[0, 0], ax[1, 0]
+    x = tl.t - t0
+    top.step(x, tl.queue_depth, where="post", label="queue depth (waiting)", color="#4c72b0")
+    top.step(x, tl.processing, where="post", label="processing", color="#c44e52")
+    top.set_ylabel("requests")
+    top.set_title("Queue depth and processing over time")
+    bottom.plot(x, tl.req_per_s, color="#55a868", label="completed req/s (sliding window)")
+    bottom.set_ylabel("requests / s")
+    bottom.set_xlabel("time since start (s)")
+    if isinstance(source, StressRun) and source.kind == "incremental":
+        for i, w in enumerate(source.waves.itertuples()):
+            for a in (top, bottom):
+                a.axvspan(w.start_s, w.start_s + w.wall_s, color=WAVE_COLOURS[i % len(WAVE_COLOURS)], alpha=0.12, lw=0)
+            top.text(w.start_s, 0.97, f" wave {w.wave}: {w.sent} sent", transform=top.get_xaxis_transform(),
+                     va="top", fontsize=8)
+    top.legend(loc="center right", fontsize=8)
+    bottom.legend(loc="lower right", fontsize=8)
+    return fig
+
+
+def depth_vs_throughput(run: StressRun) -> Figure:
+    """Queue depth against achieved throughput: throughput saturates at 1/service time, depth keeps growing."""
+    fig, ax = _figure(size=(7, 4.5))
+    a = ax[0, 0]
+    tl, _ = _timeline_of(run)
+    if len(tl):
+        a.scatter(tl.req_per_s, tl.queue_depth, s=8, color="#999999", alpha=0.5, label="timeline samples")
+    w = run.waves
+    a.plot(w.req_per_s, w.peak_queue_depth, "-o", color="#4c72b0", label="per wave: peak depth")
+    for row in w.itertuples():
+        a.annotate(f"wave {row.wave} ({row.sent} sent)", (row.req_per_s, row.peak_queue_depth),
+                   textcoords="offset points", xytext=(6, -4), fontsize=8)
+    capacity = 1.0 / run.summary["service_mean"] if run.summary.get("service_mean") else np.nan
+    if np.isfinite(capacity):
+        a.axvline(capacity, color="#c44e52", ls="--", label=f"1 / mean service time = {capacity:.2f} req/s")
+    a.set_xlabel("achieved throughput (completed requests / s)")
+    a.set_ylabel("queue depth (requests waiting)")
+    a.set_title("Depth grows, throughput does not: one request at a time")
+    a.set_xlim(left=0)
+    a.legend(fontsize=8, loc="upper left")
+    return fig
+
+
+def latency_by_wave(run: StressRun) -> Figure:
+    """Distributions of wait and end-to-end latency of completed requests, per wave."""
+    ok = run.requests[run.requests.status == "completed"]
+    waves = sorted(ok.wave.unique())
+    fig, ax = _figure(1, 2, size=(10, 4), sharey=True)
+    for a, col, title in ((ax[0, 0], "wait", "time queued (wait)"), (ax[0, 1], "e2e", "end-to-end latency")):
+        a.boxplot([ok[ok.wave == w][col] for w in waves], tick_labels=[str(w) for w in waves], showfliers=True)
+        a.set_xlabel("wave")
+        a.set_title(title)
+    ax[0, 0].set_ylabel("seconds")
+    return fig
+
+
+def latency_cdf(runs: StressRun | Sequence[StressRun], column: str = "e2e") -> Figure:
+    """Empirical CDF of a latency column (e2e, wait, ttft, service) of completed requests, one line per run."""
+    runs = [runs] if isinstance(runs, StressRun) else list(runs)
+    fig, ax = _figure(size=(7, 4))
+    a = ax[0, 0]
+    for run in runs:
+        v = np.sort(run.requests.loc[run.requests.status == "completed", column].to_numpy())
+        a.step(v, np.arange(1, len(v) + 1) / max(len(v), 1), where="post", label=run.name)
+    a.set_xlabel(f"{column} latency (s)")
+    a.set_ylabel("fraction of requests")
+    a.set_title(f"{column} latency CDF")
+    a.legend(fontsize=8)
+    return fig
+
+
+def position_vs_latency(run: StressRun) -> Figure:
+    """End-to-end latency against queue position (arrival order): a straight line for a sequential server."""
+    r = run.requests.sort_values("arrived")
+    ok = r.status == "completed"
+    position = np.arange(1, len(r) + 1)
+    fig, ax = _figure(size=(7, 4))
+    a = ax[0, 0]
+    a.scatter(position[ok], r.e2e[ok], s=10, label="e2e (completed)", color="#4c72b0")
+    a.scatter(position[ok], r.wait[ok], s=6, label="wait", color="#dd8452")
+    if (~ok).any():
+        a.scatter(position[~ok], np.zeros((~ok).sum()), marker="x", color="#c44e52", label="not completed")
+    if ok.sum() >= 2:
+        slope, intercept = np.polyfit(position[ok], r.e2e[ok], 1)
+        a.plot(position, intercept + slope * position, "k--", lw=1, label=f"fit: {slope * 1e3:.0f} ms per position")
+    a.set_xlabel("queue position (arrival order)")
+    a.set_ylabel("seconds")
+    a.set_title("Each request waits for everyone ahead of it")
+    a.legend(fontsize=8)
+    return fig
+
+
+def compare(runs: Sequence[StressRun]) -> Figure:
+    """Several runs side by side: throughput, and p50/p99 end-to-end latency."""
+    table = compare_table(list(runs))
+    fig, ax = _figure(1, 2, size=(10, 4))
+    names = list(table.columns)
+    x = np.arange(len(names))
+    ax[0, 0].bar(x, table.loc["req_per_s"], color="#55a868")
+    ax[0, 0].set_ylabel("completed requests / s")
+    ax[0, 0].set_title("throughput")
+    ax[0, 1].bar(x - 0.2, table.loc["e2e_p50"], width=0.4, label="p50")
+    ax[0, 1].bar(x + 0.2, table.loc["e2e_p99"], width=0.4, label="p99")
+    ax[0, 1].set_ylabel("end-to-end latency (s)")
+    ax[0, 1].set_title("latency")
+    ax[0, 1].legend(fontsize=8)
+    for a in (ax[0, 0], ax[0, 1]):
+        a.set_xticks(x, names, rotation=20, ha="right", fontsize=8)
+    return fig

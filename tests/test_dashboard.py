@@ -1,0 +1,105 @@
+import asyncio
+import re
+import time
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+import queuelab as ql
+from queuelab import stress
+
+
+def cell(html: str, label: str) -> str:
+    m = re.search(rf"<td>{re.escape(label)}</td><td>(.*?)</td>", html)
+    assert m, f"{label} not in panel"
+    return re.sub(r"<[^>]+>", "", m.group(1))
+
+
+async def test_widgets_hold_the_final_state_and_the_ticker_stops():
+    q = await ql.RequestQueue(ql.SimulatedModel(0.005), sample_interval=0.05).start()
+    dash = ql.Dashboard(q, interval=0.1).show()
+    reqs = [q.submit(f"question {i}", max_new_tokens=2) for i in range(6)]
+    bad = q.submit("")
+    await asyncio.gather(*reqs)
+    await asyncio.sleep(0.25)
+    stats = dash.panels["stats"].value
+    assert (cell(stats, "Queue size"), cell(stats, "Processing")) == ("0", "0")
+    assert (cell(stats, "Submitted"), cell(stats, "Completed"), cell(stats, "Rejected")) == ("7", "6", "1")
+    recent_ids = [int(i) for i in re.findall(r"<tr><td>(\d+)</td>", dash.panels["recent"].value)]
+    assert recent_ids == [r.id for r in reversed(reqs)] + [bad.id]  # newest first; the rejection came first
+    assert "idle" in dash.panels["active"].value
+    assert cell(dash.panels["health"].value, "Worker alive") == "yes"
+    await q.stop()
+    await asyncio.wait_for(asyncio.shield(dash._task), 5)  # it stops by itself when the queue stops
+    assert dash.stopped
+    assert cell(dash.panels["health"].value, "Queue state") == "stopped"
+    assert bytes(dash.image.value).startswith(b"\x89PNG")
+
+
+async def test_active_request_shows_progress():
+    async with ql.RequestQueue(ql.SimulatedModel(0.4)) as q:
+        dash = ql.Dashboard(q, interval=0.1, plot=False).show()
+        req = q.submit("a slow one", max_new_tokens=4)
+        await asyncio.sleep(0.25)
+        active = dash.panels["active"].value
+        assert cell(active, "Request") == f"#{req.id}" and cell(active, "Prompt") == "a slow one"
+        assert int(cell(active, "Tokens so far")) >= 1
+        await req
+    dash.stop()
+
+
+async def test_updates_stay_bounded_under_a_flood():
+    async with ql.RequestQueue(ql.SimulatedModel(0), max_queue_size=10_000) as q:
+        dash = ql.Dashboard(q, interval=0.2).show()
+        t0 = time.perf_counter()
+        run = await stress.poisson(q, rate=1000, duration=1.5, max_new_tokens=1, progress=False)
+        elapsed = time.perf_counter() - t0
+    dash.stop()
+    assert run.summary["sent"] > 1000
+    ticks = elapsed / 0.2 + 2
+    assert dash.updates <= ticks * 5  # at most one message per widget per tick, whatever the traffic
+
+
+async def test_showing_again_replaces_the_old_view():
+    async with ql.RequestQueue(ql.SimulatedModel(0)) as q:
+        first = ql.Dashboard(q, interval=0.1).show()
+        second = ql.Dashboard(q, interval=0.1).show()
+        await asyncio.sleep(0.05)
+        assert first.stopped and not second.stopped
+    await asyncio.wait_for(asyncio.shield(second._task), 5)
+    assert second.stopped
+    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    assert others == []
+
+
+async def test_stress_view_fills_in_per_wave():
+    view = ql.StressView(interval=0.05)
+    async with ql.RequestQueue(ql.SimulatedModel(0.003), max_queue_size=12) as q:
+        run = await stress.incremental(q, waves=[3, 5, 15], max_new_tokens=1, progress=view)
+    rows = view.rows()
+    assert [(r["wave"], r["sent"], r["done"], r["completed"]) for r in rows] == [(1, 3, 3, 3), (2, 5, 5, 5), (3, 15, 15, 12)]
+    assert rows[2]["success_rate"] == pytest.approx(12 / 15)
+    assert view.stopped and "finished" in view.table.value
+    assert list(run.waves.succeeded) == [r["completed"] for r in rows]
+
+
+def test_bad_interval():
+    with pytest.raises(ValueError, match="interval"):
+        ql.Dashboard(ql.RequestQueue(ql.SimulatedModel(0)), interval=0)
+
+
+def test_headless_notebook_does_not_hang_and_keeps_a_static_snapshot(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(src) for src in (
+        "import queuelab as ql\nq = await ql.RequestQueue(ql.SimulatedModel(0.005), sample_interval=0.05).start()",
+        "dash = ql.Dashboard(q, interval=0.2).show()",
+        "run = await ql.stress.incremental(q, waves=[5, 10], max_new_tokens=2, progress=ql.StressView())",
+        "await q.stop()\ndash.stop()",
+    )]
+    NotebookClient(nb, timeout=60, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    dash_out, = nb.cells[1].outputs
+    view_out = [o for o in nb.cells[2].outputs if o.output_type == "display_data"]
+    assert "text/html" in dash_out.data and "application/vnd.jupyter.widget-view+json" not in dash_out.data
+    assert "Queue statistics" in dash_out.data["text/html"] and "data:image/png;base64" in dash_out.data["text/html"]
+    assert "15 of 15 requests done (finished)" in view_out[-1].data["text/html"]
