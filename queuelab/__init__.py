@@ -8,6 +8,7 @@ from .request_queue import RequestQueue
 from .scheduling import Scheduler, SequentialScheduler
 from .simulated import Exponential, Fixed, PerToken, ServiceTime, SimulatedFailure, SimulatedModel
 from .sync import run
+from .profile import by_profile, profile
 
 
 def __getattr__(name: str) -> object:
@@ -30,5 +31,6 @@ __all__ = [
     "EMBEDDED", "MAX_NEW_TOKENS_LIMIT", "TINY", "Completion", "Exponential", "Fixed", "GenerationParams",
     "LanguageModel", "PerToken", "Percentiles", "QueueStats", "Request", "RequestCancelled", "RequestError",
     "RequestFailed", "RequestQueue", "RequestRejected", "RequestStatus", "Scheduler", "SequentialScheduler",
-    "ServiceTime", "SimulatedFailure", "SimulatedModel", "StressRun", "load_model", "pick_device", "run", "stress",
+    "ServiceTime", "SimulatedFailure", "SimulatedModel", "StressRun", "by_profile", "load_model", "pick_device",
+    "profile", "run", "stress",
 ]

@@ -18,8 +18,8 @@ import time
 import weakref
 from typing import Any
 
-from .metrics import QueueStats, percentiles
-from .request import Request, RequestStatus
+from .metrics import QueueStats
+from .progress import WaveTally
 from .request_queue import RequestQueue
 
 try:
@@ -208,13 +208,13 @@ class Dashboard(_LiveView):
             raise ValueError(f"interval must be between 0.1 and 10 seconds, got {interval}")
         self.queue, self.interval, self.plot_interval, self.plot_window_s = queue, interval, plot_interval, plot_window_s
         self.panels = {k: widgets.HTML() for k in ("stats", "active", "recent", "health")}
-        self.image = widgets.Image(format="png", layout=widgets.Layout(max_width="760px")) if plot else None
+        self.plot = widgets.HTML() if plot else None
         self._png = b""
         self._last_plot = -math.inf
         grid = widgets.GridBox(list(self.panels.values()),
                                layout=widgets.Layout(grid_template_columns="repeat(2, minmax(280px, 1fr))",
                                                      grid_gap="6px"))
-        self.root = widgets.VBox([widgets.HTML(CSS), grid] + ([self.image] if self.image is not None else []))
+        self.root = widgets.VBox([widgets.HTML(CSS), grid] + ([self.plot] if self.plot is not None else []))
 
     def show(self) -> Dashboard:
         self._start(self.root)
@@ -234,23 +234,22 @@ class Dashboard(_LiveView):
         for key, value in self._panel_html(s).items():
             self._set(self.panels[key], value=value)
         now = time.perf_counter()
-        if self.image is not None and (now - self._last_plot >= self.plot_interval or self._finished()):
+        if self.plot is not None and now - self._last_plot >= self.plot_interval:
             self._last_plot = now
-            tl = self.queue.timeline()
-            if len(tl) >= 2:
-                tl = tl[tl.t >= tl.t.iloc[-1] - self.plot_window_s]
-                # Rendering takes tens of ms: do it in a thread so the loop (and the queue) keep going.
-                self._png = await asyncio.to_thread(_render_timeline, tl)
-                self._set(self.image, value=self._png)
+            self._set(self.plot, value=live_plot_html(self._window()))
+
+    def _window(self) -> Any:
+        tl = self.queue.timeline()
+        return tl[tl.t >= tl.t.iloc[-1] - self.plot_window_s] if len(tl) else tl
 
     def final_refresh(self) -> None:
         s = self.queue.stats()
         for key, value in self._panel_html(s).items():
             self._set(self.panels[key], value=value)
-        tl = self.queue.timeline()
-        if self.image is not None and len(tl) >= 2:
-            self._png = _render_timeline(tl[tl.t >= tl.t.iloc[-1] - self.plot_window_s])
-            self._set(self.image, value=self._png)
+        tl = self._window()
+        if self.plot is not None and len(tl) >= 2:
+            self._set(self.plot, value=live_plot_html(tl))
+            self._png = _render_timeline(tl)  # once, for the static snapshot
 
     def snapshot_html(self) -> str:
         s = self.queue.stats()
@@ -260,70 +259,80 @@ class Dashboard(_LiveView):
 
 
 def _render_timeline(tl: Any) -> bytes:
+    """The full-quality timeline figure, for the static snapshot (drawn once, when the view stops)."""
     from . import plots
 
     return _png(plots.timeline(tl, size=(8, 3.6)))
 
 
-class StressView(_LiveView):
+def svg_chart(x: Any, series: list[tuple[Any, str, str]], *, title: str, width: int = 360, height: int = 130,
+              step: bool = False) -> str:
+    """A tiny SVG line chart. The browser draws it, so a live update costs the kernel well under a
+    millisecond (a matplotlib PNG costs ~100 ms, with the GIL held: event-loop lag for everyone)."""
+    pad_l, pad_b, pad_t = 34, 16, 16
+    w, h = width - pad_l - 6, height - pad_b - pad_t
+    x = [float(v) for v in x]
+    x0, x1 = (x[0], x[-1]) if len(x) > 1 and x[-1] > x[0] else (0.0, 1.0)
+    top = max([1.0] + [float(v) for ys, _, _ in series for v in ys])
+    sx = lambda v: pad_l + (v - x0) / (x1 - x0) * w  # noqa: E731
+    sy = lambda v: pad_t + h - float(v) / top * h  # noqa: E731
+    lines, legend = [], []
+    for i, (ys, colour, label) in enumerate(series):
+        ys = list(ys)
+        pts: list[str] = []
+        for j, (xv, yv) in enumerate(zip(x, ys)):
+            if step and j:
+                pts.append(f"{sx(xv):.1f},{sy(ys[j - 1]):.1f}")
+            pts.append(f"{sx(xv):.1f},{sy(yv):.1f}")
+        lines.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{" ".join(pts)}"/>')
+        legend.append(f'<text x="{pad_l + 4 + 110 * i}" y="{pad_t + 10}" fill="{colour}" font-size="10">{html.escape(label)}</text>')
+    axes = (f'<line x1="{pad_l}" y1="{pad_t + h}" x2="{pad_l + w}" y2="{pad_t + h}" stroke="#888"/>'
+            f'<line x1="{pad_l}" y1="{pad_t}" x2="{pad_l}" y2="{pad_t + h}" stroke="#888"/>'
+            f'<text x="{pad_l - 4}" y="{pad_t + 4}" font-size="10" text-anchor="end">{top:.3g}</text>'
+            f'<text x="{pad_l - 4}" y="{pad_t + h}" font-size="10" text-anchor="end">0</text>'
+            f'<text x="{pad_l}" y="{height - 3}" font-size="10">{x0 - x1:.0f} s</text>'
+            f'<text x="{pad_l + w}" y="{height - 3}" font-size="10" text-anchor="end">now</text>'
+            f'<text x="{pad_l + w / 2}" y="11" font-size="11" text-anchor="middle">{html.escape(title)}</text>')
+    return f'<svg width="{width}" height="{height}" style="font-family:sans-serif">{axes}{"".join(lines)}{"".join(legend)}</svg>'
+
+
+def live_plot_html(tl: Any) -> str:
+    """Queue depth and processing, and throughput, over the timeline window, as two SVG charts."""
+    if len(tl) < 2:
+        return "<i>collecting samples…</i>"
+    x = tl.t.to_numpy()
+    depth = svg_chart(x, [(tl.queue_depth, "#4c72b0", "queue depth"), (tl.processing, "#c44e52", "processing")],
+                      title="queue depth and processing", step=True)
+    rate = svg_chart(x, [(tl.req_per_s, "#55a868", "req/s")], title="completed requests / s (sliding window)")
+    return f"<div>{depth}{rate}</div>"
+
+
+class StressView(_LiveView, WaveTally):
     """A live per-wave table for a stress experiment: pass it as `progress=`.
 
-        view = ql.StressView().show()
+        view = ql.StressView()
         run = await ql.stress.incremental(queue, waves=[10, 20], progress=view)
     """
 
     def __init__(self, *, interval: float = 0.25) -> None:
-        super().__init__()
+        _LiveView.__init__(self)
+        WaveTally.__init__(self)
         self.interval = interval
         self.table = widgets.HTML()
-        self.title = "stress run"
-        self.total: int | None = None
-        self.waves: dict[int, dict[str, Any]] = {}
-        self._wave_of: dict[Request, int] = {}
-        self._closed = False
 
     def show(self) -> StressView:
         self.table.value = CSS + _panel(self.title, "<i>waiting for the experiment to start</i>")
         self._start(self.table)
         return self
 
-    # -- the Progress protocol (called by the experiment, on the loop) -------------------------------
     def start(self, total: int | None, desc: str) -> None:
-        self.title, self.total, self.waves, self._wave_of, self._closed = desc, total, {}, {}, False
+        WaveTally.start(self, total, desc)
         if self._task is None:
             self.show()
 
-    def sent(self, req: Request, wave: int) -> None:
-        w = self.waves.setdefault(wave, {"sent": 0, "completed": 0, "failed": 0, "first": req.arrived,
-                                         "last": None, "e2e": []})
-        w["sent"] += 1
-        self._wave_of[req] = wave
-
-    def done(self, req: Request) -> None:
-        w = self.waves[self._wave_of.pop(req)]
-        ok = req.status is RequestStatus.COMPLETED
-        w["completed" if ok else "failed"] += 1
-        w["last"] = req.finished
-        if ok and req.e2e is not None:
-            w["e2e"].append(req.e2e)
-
     def close(self) -> None:
-        self._closed = True
+        WaveTally.close(self)
         self.stop()  # synchronously, inside the experiment's cell: its output keeps the final table
-
-    # -- rendering ------------------------------------------------------------------------------
-    def rows(self) -> list[dict[str, Any]]:
-        out = []
-        for k in sorted(self.waves):
-            w = self.waves[k]
-            done = w["completed"] + w["failed"]
-            span = (w["last"] - w["first"]) if w["last"] else math.nan
-            p = percentiles(w["e2e"])
-            out.append({"wave": k, "sent": w["sent"], "done": done, "completed": w["completed"],
-                        "success_rate": w["completed"] / done if done else math.nan,
-                        "req_per_s": w["completed"] / span if span and span > 0 else math.nan,
-                        "e2e_p50": p.p50, "e2e_p99": p.p99})
-        return out
 
     def _html(self) -> str:
         rows = self.rows()
@@ -333,10 +342,9 @@ class StressView(_LiveView):
             f"<tr><td>{r['wave']}</td><td>{r['sent']}</td><td>{r['done']}</td><td>{_fmt(r['success_rate'], '.0%')}</td>"
             f"<td>{_fmt(r['req_per_s'], '.2f')}</td><td>{_fmt_s(r['e2e_p50'])}</td><td>{_fmt_s(r['e2e_p99'])}</td></tr>"
             for r in rows)
-        done = sum(r["done"] for r in rows)
         total = f" of {self.total}" if self.total else ""
-        state = "finished" if self._closed else "running"
-        return _panel(f"{self.title}: {done}{total} requests done ({state})", f"<table>{head}{body}</table>")
+        state = "finished" if self.closed else "running"
+        return _panel(f"{self.title}: {self.done_count}{total} requests done ({state})", f"<table>{head}{body}</table>")
 
     async def refresh(self) -> None:
         self.final_refresh()
@@ -345,7 +353,7 @@ class StressView(_LiveView):
         self._set(self.table, value=CSS + self._html())
 
     def _finished(self) -> bool:
-        return self._closed
+        return self.closed
 
     def snapshot_html(self) -> str:
         return self._html()

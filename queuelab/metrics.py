@@ -5,6 +5,8 @@ Everything here is bounded in memory: rings of the most recent samples, not ever
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -69,6 +71,29 @@ class LatencyLog:
 
     def summary(self) -> dict[str, Percentiles]:
         return {k: percentiles(ring) for k, ring in self._rings.items()}
+
+
+class Histogram:
+    """A cumulative histogram with fixed bucket bounds (seconds), as Prometheus exposes them."""
+
+    BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+    def __init__(self, bounds: tuple[float, ...] = BOUNDS) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last bucket is +Inf
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        """(upper bound, observations <= bound), ending with (inf, count)."""
+        return list(zip((*self.bounds, math.inf), itertools.accumulate(self.counts)))
 
 
 class Timeline:

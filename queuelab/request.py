@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from enum import Enum
+from collections.abc import AsyncIterator
 from typing import Any, Generator
 
 from .generation import Completion, GenerationParams
@@ -32,9 +33,10 @@ class RequestStatus(str, Enum):
 
 TERMINAL = frozenset({RequestStatus.COMPLETED, RequestStatus.FAILED, RequestStatus.CANCELLED, RequestStatus.REJECTED})
 
-# None is "not yet admitted": a request is either queued or rejected at the door.
+# None is "not yet admitted": a request is queued or rejected at the door. A remote target (HTTP)
+# learns the server's answer later, so its requests may also fail or be cancelled before admission.
 TRANSITIONS: dict[RequestStatus | None, frozenset[RequestStatus]] = {
-    None: frozenset({RequestStatus.QUEUED, RequestStatus.REJECTED}),
+    None: frozenset({RequestStatus.QUEUED, RequestStatus.REJECTED, RequestStatus.FAILED, RequestStatus.CANCELLED}),
     RequestStatus.QUEUED: frozenset({RequestStatus.PROCESSING, RequestStatus.CANCELLED}),
     RequestStatus.PROCESSING: frozenset({RequestStatus.COMPLETED, RequestStatus.FAILED}),
 }
@@ -83,7 +85,9 @@ class Request:
     completion: Completion | None = None
     error: str | None = None
     tokens_streamed: int = 0  # pieces seen so far while PROCESSING, for live displays
+    refusal: str | None = None  # why REJECTED, as a code: invalid_request, queue_full, unavailable
     _done: asyncio.Future[None] = field(default=None, repr=False)  # type: ignore[assignment]
+    _pieces: asyncio.Queue[str | None] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self._done is None:
@@ -102,6 +106,26 @@ class Request:
             self.finished = now
             self.completion, self.error = completion, error
             self._done.set_result(None)
+            if self._pieces is not None:
+                self._pieces.put_nowait(None)  # after every piece already handed over: end of stream
+
+    def enable_streaming(self) -> None:
+        """Keep the text pieces as they are generated, for `stream()`. Call before it is processed."""
+        if self._pieces is None:
+            self._pieces = asyncio.Queue()
+
+    def push_piece(self, piece: str) -> None:
+        """Hand over one piece of generated text (on the event loop's thread)."""
+        if self._pieces is not None and not self.done:
+            self._pieces.put_nowait(piece)
+
+    async def stream(self) -> AsyncIterator[str]:
+        """Yield the answer's text pieces as they are generated; raise like `await` if it fails."""
+        if self._pieces is None:
+            raise RuntimeError("this request was not submitted with stream=True")
+        while (piece := await self._pieces.get()) is not None:
+            yield piece
+        self.result()  # raises if the request did not complete
 
     # -- derived timings (None until both ends exist) ------------------------------------------
     @property

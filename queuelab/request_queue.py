@@ -20,8 +20,8 @@ from collections import Counter, OrderedDict, deque
 from typing import Any
 
 from .generation import Completion, GenerationParams
-from .metrics import (ActiveRequest, Health, LatencyLog, QueueStats, RateWindow, RecentRequest, Timeline,
-                      preview)
+from .metrics import (LATENCY_KINDS, ActiveRequest, Health, Histogram, LatencyLog, QueueStats, RateWindow,
+                      RecentRequest, Timeline, preview)
 from .model import LanguageModel
 from .request import Request, RequestStatus
 from .scheduling import Scheduler, SequentialScheduler, WaitingLine
@@ -66,6 +66,7 @@ class RequestQueue:
         self._timers: dict[int, asyncio.TimerHandle] = {}
         self._rates = RateWindow(window_s)
         self._latency = LatencyLog()
+        self._histograms = {kind: Histogram() for kind in LATENCY_KINDS}
         self._timeline = Timeline(timeline_max_rows)
         self._lags: deque[float] = deque(maxlen=20)
         self._state = "created"
@@ -140,14 +141,20 @@ class RequestQueue:
         await self.stop(drain=exc_type is None)
 
     # -- requests -------------------------------------------------------------------------------
-    def submit(self, prompt: Any, **gen_kwargs: Any) -> Request:
-        """Add a request and return it at once. Refused requests come back REJECTED, with a reason."""
+    def submit(self, prompt: Any, *, stream: bool = False, **gen_kwargs: Any) -> Request:
+        """Add a request and return it at once. Refused requests come back REJECTED, with a reason.
+
+        With stream=True, `async for piece in request.stream()` yields the text as it is generated.
+        """
         self._check_loop()
         now = time.perf_counter()
         req = Request(id=next(self._ids), prompt=prompt, params=None, arrived=now)
+        if stream:
+            req.enable_streaming()
         self._counts["submitted"] += 1
-        reason = self._admit(req, gen_kwargs)
-        if reason is not None:
+        refusal = self._admit(req, gen_kwargs)
+        if refusal is not None:
+            req.refusal, reason = refusal
             self._move(req, S.REJECTED, now, error=reason)
             return req
         self._move(req, S.QUEUED, now)
@@ -170,10 +177,10 @@ class RequestQueue:
         self._move(request, S.CANCELLED, time.perf_counter(), error="cancelled by caller")
         return True
 
-    def _admit(self, req: Request, gen_kwargs: dict[str, Any]) -> str | None:
-        """Why `req` is refused at the door, or None to admit it."""
+    def _admit(self, req: Request, gen_kwargs: dict[str, Any]) -> tuple[str, str] | None:
+        """(refusal code, reason) if `req` is refused at the door, or None to admit it."""
         if self._state != "running":
-            return {
+            return "unavailable", {
                 "created": "queue is not started: `await queue.start()` or use `async with queue:`",
                 "broken": f"queue worker died: {self._error}",
             }.get(self._state, "queue is stopped")
@@ -181,9 +188,9 @@ class RequestQueue:
             req.params = GenerationParams.from_kwargs(gen_kwargs)
             req.prompt_tokens = self.model.validate(req.prompt, req.params)
         except ValueError as e:
-            return f"invalid request: {e}"
+            return "invalid_request", f"invalid request: {e}"
         if len(self._waiting) >= self.max_queue_size:
-            return f"queue full: {len(self._waiting)} requests waiting (max_queue_size={self.max_queue_size})"
+            return "queue_full", f"queue full: {len(self._waiting)} requests waiting (max_queue_size={self.max_queue_size})"
         return None
 
     def _check_loop(self) -> None:
@@ -222,7 +229,11 @@ class RequestQueue:
         if status is S.COMPLETED and completion is not None:
             self._counts["tokens"] += completion.completion_tokens
             self._rates.add(now, completion.completion_tokens)
-            self._latency.add(wait=req.wait, service=req.service, ttft=req.ttft, e2e=req.e2e)
+            timings = {"wait": req.wait, "service": req.service, "ttft": req.ttft, "e2e": req.e2e}
+            self._latency.add(**timings)
+            for kind, value in timings.items():
+                if value is not None:
+                    self._histograms[kind].observe(value)
 
     # -- the worker ---------------------------------------------------------------------------
     async def _work(self) -> None:
@@ -276,13 +287,17 @@ class RequestQueue:
         loop = self._loop
         assert loop is not None
 
-        def on_token(_piece: str) -> None:
+        def on_token(piece: str) -> None:
             # Runs in the model's thread. The count is a plain int that only this thread writes and
-            # the loop only reads; the loop is woken once per request (first token), not per token.
+            # the loop only reads; the loop is woken once per request (first token), not per token,
+            # unless the caller asked for the text as a stream.
             req.tokens_streamed += 1
             if req.tokens_streamed == 1:  # read the clock here, where the token appeared
                 loop.call_soon_threadsafe(_stamp_first_token, req, time.perf_counter())
+            if streaming:
+                loop.call_soon_threadsafe(req.push_piece, piece)
 
+        streaming = req._pieces is not None
         return on_token
 
     def _on_worker_exit(self, task: asyncio.Task[None]) -> None:
@@ -364,6 +379,10 @@ class RequestQueue:
             health=Health(state=self._state, worker_alive=self._worker is not None and not self._worker.done(),
                           loop_lag_s=max(self._lags, default=0.0), model=self._model_info, error=self._error),
         )
+
+    def histograms(self) -> dict[str, Histogram]:
+        """Cumulative latency histograms (wait, service, ttft, e2e) of completed requests, for Prometheus."""
+        return self._histograms
 
     def __repr__(self) -> str:
         return (f"<RequestQueue {self._state} model={getattr(self.model, 'name', '?')!r} "

@@ -13,65 +13,35 @@ import itertools
 import math
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from . import arrivals
 from .generation import GenerationParams
+from .progress import Progress, as_progress
 from .prompts import choose
 from .request import Request
 from .request_queue import RequestQueue
+from .metrics import TIMELINE_COLUMNS
 from .stress_run import REQUEST_COLUMNS, StressRun, compare
 from .targets import QueueTarget, Target, as_target
 
+def __getattr__(name: str) -> Any:
+    if name == "HTTPTarget":  # needs httpx (the server extra): imported when asked for
+        from .http_target import HTTPTarget
+
+        return HTTPTarget
+    raise AttributeError(f"module 'queuelab.stress' has no attribute {name!r}")
+
+
 __all__ = ["incremental", "rapid_fire", "poisson", "constant", "gamma", "concurrency", "compare",
-           "StressRun", "Target", "QueueTarget", "Progress", "TqdmProgress"]
+           "StressRun", "Target", "QueueTarget", "Progress"]
 
 WaveCallback = Callable[[int, int], None]
 DoneCallback = Callable[[Request], None]
 LEAD_S = 0.005  # the schedule starts a moment after set-up, so the first send is not already late
-
-
-class Progress(Protocol):
-    """A live display of an experiment: told when it starts, of every request sent and done, and when it ends.
-
-    `progress=True` uses a tqdm bar; `progress=ql.StressView()` a live per-wave table in a notebook.
-    """
-
-    def start(self, total: int | None, desc: str) -> None: ...
-    def sent(self, req: Request, wave: int) -> None: ...
-    def done(self, req: Request) -> None: ...
-    def close(self) -> None: ...
-
-
-class TqdmProgress:
-    """A tqdm.auto bar: a widget in notebooks, a text bar in terminals."""
-
-    def start(self, total: int | None, desc: str) -> None:
-        from tqdm.auto import tqdm
-
-        self.bar = tqdm(total=total, desc=desc, unit="req", leave=True)
-
-    def sent(self, req: Request, wave: int) -> None:
-        pass
-
-    def done(self, req: Request) -> None:
-        self.bar.update(1)
-
-    def close(self) -> None:
-        self.bar.close()
-
-
-def _progress(progress: bool | Progress | None) -> Progress | None:
-    if progress is True:
-        return TqdmProgress()
-    if progress is False or progress is None:
-        return None
-    if all(hasattr(progress, m) for m in ("start", "sent", "done", "close")):
-        return progress
-    raise ValueError(f"progress must be True, False or a progress display (e.g. ql.StressView()), got {progress!r}")
 
 
 class _Runner:
@@ -134,7 +104,7 @@ async def _experiment(kind: str, target_like: RequestQueue | Target, params: dic
     queue is left usable, and re-raises.
     """
     target = as_target(target_like)
-    runner = _Runner(target, gen, total=total, progress=_progress(progress), desc=kind,
+    runner = _Runner(target, gen, total=total, progress=as_progress(progress), desc=kind,
                      on_request_done=on_request_done)
     start = time.perf_counter() + LEAD_S
     wall = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
@@ -151,7 +121,9 @@ async def _experiment(kind: str, target_like: RequestQueue | Target, params: dic
         raise ValueError("the experiment sent no requests (is the duration shorter than the first gap?)")
     end = float(requests.finished.max())
     timeline = target.timeline()
-    if timeline is not None and len(timeline):
+    if timeline is None:  # a remote target: the server's queue is not visible from here
+        timeline = pd.DataFrame(columns=list(TIMELINE_COLUMNS))
+    elif len(timeline):
         timeline = timeline[(timeline.t >= start - 1.0) & (timeline.t <= end + 1.0)].reset_index(drop=True)
     config = {"kind": kind, "name": name or kind, **params, "seed": seed, "max_new_tokens": gen.max_new_tokens,
               "temperature": gen.temperature, "target": target.info(), "started_at_utc": wall,

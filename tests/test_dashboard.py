@@ -34,7 +34,8 @@ async def test_widgets_hold_the_final_state_and_the_ticker_stops():
     await asyncio.wait_for(asyncio.shield(dash._task), 5)  # it stops by itself when the queue stops
     assert dash.stopped
     assert cell(dash.panels["health"].value, "Queue state") == "stopped"
-    assert bytes(dash.image.value).startswith(b"\x89PNG")
+    assert dash.plot.value.count("<svg") == 2 and "queue depth" in dash.plot.value
+    assert dash._png.startswith(b"\x89PNG")  # drawn once, for the static snapshot
 
 
 async def test_active_request_shows_progress():
@@ -59,6 +60,14 @@ async def test_updates_stay_bounded_under_a_flood():
     assert run.summary["sent"] > 1000
     ticks = elapsed / 0.2 + 2
     assert dash.updates <= ticks * 5  # at most one message per widget per tick, whatever the traffic
+
+
+def test_svg_chart_scales_to_the_data():
+    svg = ql.dashboard.svg_chart([0, 1, 2], [([0, 5, 10], "#000", "depth")], title="t", width=100, height=60, step=True)
+    points = re.search(r'points="([^"]+)"', svg).group(1).split()
+    assert len(points) == 5  # a step line: a corner before each new value
+    ys = [float(p.split(",")[1]) for p in points]
+    assert ys[0] == max(ys) and ys[-1] == min(ys) and ">10<" in svg
 
 
 async def test_showing_again_replaces_the_old_view():

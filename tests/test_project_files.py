@@ -16,7 +16,7 @@ CONDA_NAMES = {"torch": "pytorch"}  # conda-forge names that differ from PyPI's
 def pyproject_requirements() -> list[Requirement]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     reqs = list(project["dependencies"])
-    for extra in ("notebook", "dev"):
+    for extra in ("notebook", "server", "dev"):
         reqs += project["optional-dependencies"][extra]
     return [Requirement(r) for r in reqs]
 

@@ -349,3 +349,36 @@ def test_conservation_every_request_ends_in_exactly_one_terminal_state(ops, drai
                                             and r.status is S.REJECTED)
     if drain:
         assert not any(r.error == "shutdown" for r in reqs)
+
+
+async def test_streaming_hands_over_every_piece_in_order(tiny):
+    async with ql.RequestQueue(tiny) as q:
+        req = q.submit("Stream this, please.", stream=True, max_new_tokens=6)
+        pieces = [p async for p in req.stream()]
+    assert "".join(pieces) == req.completion.text and len(pieces) >= 1
+
+
+async def test_streaming_a_failure_raises_after_the_pieces():
+    async with ql.RequestQueue(sim(0.001, fail_if=lambda p: "boom" in p)) as q:
+        req = q.submit("boom", stream=True)
+        with pytest.raises(ql.RequestFailed):
+            [p async for p in req.stream()]
+    with pytest.raises(RuntimeError, match="stream=True"):
+        async with ql.RequestQueue(sim(0)) as q:
+            [p async for p in q.submit("x").stream()]
+
+
+async def test_refusal_codes():
+    q = ql.RequestQueue(sim(0.01), max_queue_size=1)
+    assert q.submit("early").refusal == "unavailable"
+    async with q:
+        codes = [q.submit(p).refusal for p in ("a", "b", "")]
+    assert codes == [None, "queue_full", "invalid_request"]
+
+
+async def test_histograms_count_completed_requests():
+    async with ql.RequestQueue(sim(0.002)) as q:
+        await asyncio.gather(*(q.submit(f"p{i}") for i in range(5)))
+    h = q.histograms()["e2e"]
+    assert h.count == 5 and h.cumulative()[-1] == (float("inf"), 5)
+    assert h.total == pytest.approx(q.stats().latency["e2e"].mean * 5)

@@ -1,0 +1,274 @@
+"""The `queuelab` command: generate, serve, monitor, stress, bench. Thin: every command calls the package.
+
+Exit codes: 0 success, 1 failure, 2 usage error. Errors are one line, not a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+class CLIError(Exception):
+    """A failure to report in one line (exit code 1)."""
+
+
+# -- shared helpers -----------------------------------------------------------------------------------
+def make_model(spec: str) -> Any:
+    """'sim:SECONDS' is a SimulatedModel; anything else goes to ql.load_model."""
+    import queuelab as ql
+
+    if spec.startswith("sim:"):
+        try:
+            return ql.SimulatedModel(float(spec[4:]), name=spec)
+        except ValueError as e:
+            raise CLIError(f"--model {spec}: {e}") from None
+    return ql.load_model(spec)
+
+
+def health(url: str, timeout: float = 1.0) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"{url}/health", timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@contextlib.contextmanager
+def server_for(url: str | None, model: str, max_queue: int) -> Iterator[str]:
+    """Yield the URL of a running server: the given one, one already running locally, or one we start
+    (and stop afterwards, letting it drain) — the seed lesson's "start server if needed"."""
+    if url:
+        if not health(url):
+            raise CLIError(f"no healthy queuelab/OpenAI server at {url} (GET /health failed)")
+        yield url.rstrip("/")
+        return
+    if health(DEFAULT_URL):
+        yield DEFAULT_URL
+        return
+    port = DEFAULT_URL.rsplit(":", 1)[1]
+    print(f"queuelab: starting a local server ({model}) on port {port}...", file=sys.stderr)
+    proc = subprocess.Popen([sys.executable, "-m", "queuelab", "serve", "--model", model, "--port", port,
+                             "--max-queue", str(max_queue)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 180  # the first model load on a machine converts it (~25 s)
+        while not health(DEFAULT_URL):
+            if proc.poll() is not None:
+                err = (proc.stderr.read().decode(errors="replace").strip().splitlines() or ["?"])[-1] if proc.stderr else "?"
+                raise CLIError(f"the local server exited: {err}")
+            if time.monotonic() > deadline:
+                raise CLIError("the local server did not become healthy within 180 s")
+            time.sleep(0.25)
+        yield DEFAULT_URL
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)  # graceful: drain, then exit
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+# -- commands -----------------------------------------------------------------------------------------
+def cmd_generate(a: argparse.Namespace) -> None:
+    model = make_model(a.model)
+    c = model.generate(a.prompt, max_new_tokens=a.max_tokens, temperature=a.temperature, seed=a.seed,
+                       on_token=lambda piece: print(piece, end="", flush=True))
+    print()
+    print(f"[{c.completion_tokens} tokens, finish {c.finish_reason}, TTFT {c.ttft_s * 1e3:.0f} ms, "
+          f"{c.duration_s:.2f} s, {c.tokens_per_s:.1f} tok/s]", file=sys.stderr)
+
+
+def cmd_serve(a: argparse.Namespace) -> None:
+    import queuelab as ql
+    from .server import serve
+
+    if a.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"queuelab: serving on {a.host}: reachable from other machines", file=sys.stderr)
+    queue = ql.RequestQueue(make_model(a.model), max_queue_size=a.max_queue)
+    print(f"queuelab: serving {queue.model.name} on http://{a.host}:{a.port} (Ctrl-C: "
+          f"{'cancel queued requests' if a.cancel_on_shutdown else 'finish queued requests'}, then exit)",
+          file=sys.stderr)
+    serve(queue, host=a.host, port=a.port, drain=not a.cancel_on_shutdown, log_level=a.log_level)
+
+
+def cmd_monitor(a: argparse.Namespace) -> None:
+    import httpx
+    from rich.live import Live
+
+    from .terminal import monitor_view
+
+    with server_for(a.url, a.model, 1000) as url:
+        with httpx.Client(base_url=url, timeout=5) as client:
+            def frame() -> Any:
+                return monitor_view(client.get("/stats").json(), url)
+
+            if a.once:
+                from rich.console import Console
+
+                Console().print(frame())
+                return
+            with Live(frame(), refresh_per_second=4, screen=False) as live:
+                with contextlib.suppress(KeyboardInterrupt):
+                    while True:
+                        time.sleep(a.interval)
+                        live.update(frame())
+
+
+def cmd_stress(a: argparse.Namespace) -> None:
+    import queuelab as ql
+    from .http_target import HTTPTarget
+    from .terminal import RichWaves
+
+    async def run(url: str) -> Any:
+        async with HTTPTarget(url, model=a.served_model) as target:
+            common = {"max_new_tokens": a.max_tokens, "seed": a.seed, "progress": progress}
+            if a.experiment == "incremental":
+                return await ql.stress.incremental(target, waves=a.waves, pause_s=a.pause, **common)
+            if a.experiment == "rapid-fire":
+                return await ql.stress.rapid_fire(target, n=a.n, burst_s=a.burst, **common)
+            if a.experiment == "poisson":
+                return await ql.stress.poisson(target, rate=a.rate, duration=a.duration, n=a.n_open, **common)
+            return await ql.stress.concurrency(target, users=a.users, n=a.n, **common)
+
+    progress = RichWaves(quiet=a.quiet)
+    with server_for(a.url, a.model, a.max_queue) as url:
+        result = asyncio.run(run(url))
+    print(result.report())
+    if a.save:
+        print(f"saved {result.save(a.save)}")
+
+
+def cmd_bench(a: argparse.Namespace) -> None:
+    import numpy as np
+
+    model = make_model(a.model)
+    model.generate("warm up", max_new_tokens=2)
+    prompts = [f"Tell me one fact about the number {i}." for i in range(a.n)]
+    t0 = time.perf_counter()
+    cs = [model.generate(p, max_new_tokens=a.max_tokens) for p in prompts]
+    total = time.perf_counter() - t0
+    tokens = sum(c.completion_tokens for c in cs)
+    ttft = np.array([c.ttft_s for c in cs])
+    dur = np.array([c.duration_s for c in cs])
+    print(f"model {getattr(model, 'name', a.model)}: {a.n} sequential requests, max_new_tokens {a.max_tokens}")
+    print(f"throughput: {a.n / total:.2f} req/s, {tokens / total:.1f} tokens/s")
+    print(f"latency: p50 {np.percentile(dur, 50):.2f} s, p99 {np.percentile(dur, 99):.2f} s; "
+          f"TTFT p50 {np.percentile(ttft, 50) * 1e3:.0f} ms")
+    print(f"so one sequential server tops out near {a.n / total:.2f} req/s: a queue forms above that rate")
+
+
+# -- argument parsing ------------------------------------------------------------------------------------
+def _waves(text: str) -> list[int]:
+    try:
+        waves = [int(w) for w in text.split(",") if w.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"waves must be comma-separated integers, got {text!r}") from None
+    if not waves or min(waves) < 1:
+        raise argparse.ArgumentTypeError("waves must be positive integers, e.g. 10,20,30,40")
+    return waves
+
+
+def _positive(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+        if not value > 0 or (isinstance(value, float) and not math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+        return value
+
+    return parse
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="queuelab", description="Serve a language model behind a FIFO queue, "
+                                "load it, and watch it.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    model_help = "smollm2-135m (default), tiny-random, a local model directory, or sim:SECONDS (simulated)"
+
+    g = sub.add_parser("generate", help="generate one answer, streamed to the terminal")
+    g.add_argument("prompt")
+    g.add_argument("--model", default="smollm2-135m", help=model_help)
+    g.add_argument("--max-tokens", type=_positive(int), default=64)
+    g.add_argument("--temperature", type=float, default=0.0)
+    g.add_argument("--seed", type=int, default=None)
+    g.set_defaults(func=cmd_generate)
+
+    s = sub.add_parser("serve", help="serve the model over an OpenAI-compatible HTTP API")
+    s.add_argument("--model", default="smollm2-135m", help=model_help)
+    s.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--max-queue", type=_positive(int), default=1000, help="requests that may wait (then 429)")
+    s.add_argument("--cancel-on-shutdown", action="store_true",
+                   help="on Ctrl-C/SIGTERM cancel queued requests instead of finishing them")
+    s.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    s.set_defaults(func=cmd_serve)
+
+    m = sub.add_parser("monitor", help="live four-panel terminal dashboard of a server's queue")
+    m.add_argument("--url", default=None, help=f"server URL (default: {DEFAULT_URL}, started if not running)")
+    m.add_argument("--model", default="smollm2-135m", help="model for a server started by this command")
+    m.add_argument("--interval", type=_positive(float), default=0.5)
+    m.add_argument("--once", action="store_true", help="print one frame and exit")
+    m.set_defaults(func=cmd_monitor)
+
+    st = sub.add_parser("stress", help="run a stress experiment against a server")
+    st.add_argument("experiment", choices=["incremental", "rapid-fire", "poisson", "concurrency"])
+    st.add_argument("--url", default=None, help=f"server URL (default: {DEFAULT_URL}, started if not running)")
+    st.add_argument("--model", default="smollm2-135m", help="model for a server started by this command")
+    st.add_argument("--served-model", default=None, help="the `model` field to send (for vLLM and others)")
+    st.add_argument("--max-queue", type=_positive(int), default=1000, help="for a server started by this command")
+    st.add_argument("--waves", type=_waves, default=[10, 20, 30, 40], help="incremental: e.g. 10,20,30,40")
+    st.add_argument("--pause", type=float, default=0.0, help="incremental: seconds between waves")
+    st.add_argument("--n", type=_positive(int), default=100, help="rapid-fire/concurrency: requests")
+    st.add_argument("--burst", type=float, default=0.0, help="rapid-fire: spread over this many seconds")
+    st.add_argument("--rate", type=_positive(float), default=1.0, help="poisson: requests per second")
+    st.add_argument("--duration", type=_positive(float), default=None, help="poisson: seconds")
+    st.add_argument("--n-open", type=_positive(int), default=None, help="poisson: requests (or --duration)")
+    st.add_argument("--users", type=_positive(int), default=4, help="concurrency: simulated users")
+    st.add_argument("--max-tokens", type=_positive(int), default=32)
+    st.add_argument("--seed", type=int, default=0)
+    st.add_argument("--save", default=None, help="save the run as JSON (ql.StressRun.load reads it)")
+    st.add_argument("--quiet", action="store_true", help="no live table")
+    st.set_defaults(func=cmd_stress)
+
+    b = sub.add_parser("bench", help="sequential throughput and latency of the model, no queue")
+    b.add_argument("--model", default="smollm2-135m", help=model_help)
+    b.add_argument("--n", type=_positive(int), default=5)
+    b.add_argument("--max-tokens", type=_positive(int), default=32)
+    b.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)  # exits 2 on a usage error
+    if args.command == "stress" and args.experiment == "poisson" and not (args.duration or args.n_open):
+        parser().error("stress poisson needs --duration or --n-open")
+    try:
+        args.func(args)
+    except KeyboardInterrupt:
+        return 0
+    except Exception as e:  # one line, not a traceback; QUEUELAB_DEBUG=1 shows the traceback
+        if os.environ.get("QUEUELAB_DEBUG"):
+            raise
+        kind = "" if isinstance(e, (CLIError, ValueError)) else f"{type(e).__name__}: "
+        print(f"queuelab: error: {kind}{e}".splitlines()[0], file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""`HTTPTarget`: the load generator's seam pointed at any OpenAI-compatible server over HTTP.
+
+Works against `queuelab serve` and, by design, vLLM, TGI or llama.cpp's server. Requests stream
+(`stream: true`), so time to first token is measured. All timestamps are the client's: `arrived` is
+when the request was sent, `started` when its first token arrived (a client cannot see the server's
+queue, so for HTTP runs `wait` is the time to first token), `finished` when the stream ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+from typing import Any
+
+from .generation import Completion, GenerationParams
+from .request import Request, RequestStatus as S
+from .targets import Target
+
+_REFUSALS = {400: "invalid_request", 413: "invalid_request", 422: "invalid_request", 429: "queue_full",
+             503: "unavailable"}
+
+
+class HTTPTarget(Target):
+    """Sends each request to `{base_url}/v1/completions` (or chat) as a streaming POST."""
+
+    def __init__(self, base_url: str, model: str | None = None, api_key: str | None = None, *,
+                 chat: bool = False, timeout: float = 600.0, max_connections: int = 1024) -> None:
+        import httpx  # the server extra
+
+        if not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must start with http:// or https://, got {base_url!r}")
+        self.base_url = base_url.rstrip("/").removesuffix("/v1")
+        self.model, self.chat = model, chat
+        self.name = f"http:{self.base_url}"
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout,
+                                         limits=httpx.Limits(max_connections=max_connections,
+                                                             max_keepalive_connections=max_connections))
+        self._ids = itertools.count(1)
+        self._tasks: dict[Request, asyncio.Task[None]] = {}
+
+    async def __aenter__(self) -> HTTPTarget:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks.values()):
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        await self._client.aclose()
+
+    def info(self) -> dict[str, Any]:
+        return {"name": self.name, "base_url": self.base_url, "model": {"name": self.model or "(server default)"},
+                "endpoint": "chat/completions" if self.chat else "completions"}
+
+    def submit(self, prompt: str, **gen_kwargs: Any) -> Request:
+        req = Request(id=next(self._ids), prompt=prompt, params=None, arrived=time.perf_counter())
+        try:
+            req.params = GenerationParams.from_kwargs(gen_kwargs)
+        except ValueError as e:  # refused here, as the queue would: no request is sent
+            req.refusal = "invalid_request"
+            req.advance(S.REJECTED, req.arrived, error=f"invalid request: {e}")
+            return req
+        task = asyncio.get_running_loop().create_task(self._send(req))
+        self._tasks[req] = task
+        task.add_done_callback(lambda _t: self._tasks.pop(req, None))
+        return req
+
+    def cancel(self, request: Request) -> bool:
+        """Close the request's connection; a server like queuelab's then drops it from its queue."""
+        task = self._tasks.get(request)
+        if task is None or task.done() or request.status is S.PROCESSING:
+            return False
+        task.cancel()
+        return True
+
+    def _body(self, req: Request) -> dict[str, Any]:
+        p = req.params
+        assert p is not None
+        body: dict[str, Any] = {"max_tokens": p.max_new_tokens, "temperature": p.temperature, "stream": True,
+                                "stream_options": {"include_usage": True}}
+        if self.model:
+            body["model"] = self.model
+        if p.seed is not None:
+            body["seed"] = p.seed
+        if self.chat:
+            body["messages"] = [{"role": "user", "content": req.prompt}]
+        else:
+            body["prompt"] = req.prompt
+        return body
+
+    async def _send(self, req: Request) -> None:
+        path = "/v1/chat/completions" if self.chat else "/v1/completions"
+        try:
+            async with self._client.stream("POST", path, json=self._body(req)) as resp:
+                if resp.status_code != 200:
+                    await self._refused(req, resp)
+                    return
+                req.advance(S.QUEUED, time.perf_counter())
+                await self._read_stream(req, resp)
+        except asyncio.CancelledError:
+            now = time.perf_counter()
+            if req.status is S.PROCESSING:
+                req.advance(S.FAILED, now, error="cancelled by caller while streaming")
+            elif not req.done:
+                req.advance(S.CANCELLED, now, error="cancelled by caller")
+            raise
+        except Exception as e:  # network errors, a malformed stream: this request fails, the run goes on
+            if not req.done:
+                req.advance(S.FAILED, time.perf_counter(), error=f"{type(e).__name__}: {e}")
+
+    async def _refused(self, req: Request, resp: Any) -> None:
+        raw = await resp.aread()
+        try:
+            message = json.loads(raw)["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = raw.decode(errors="replace")[:200]
+        error = f"HTTP {resp.status_code}: {message}"
+        now = time.perf_counter()
+        if resp.status_code in _REFUSALS:
+            req.refusal = _REFUSALS[resp.status_code]
+            req.advance(S.REJECTED, now, error=error)
+        else:
+            req.advance(S.FAILED, now, error=error)
+
+    async def _read_stream(self, req: Request, resp: Any) -> None:
+        pieces: list[str] = []
+        finish, usage = None, None
+        async for line in resp.aiter_lines():
+            if not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]":
+                break
+            event = json.loads(data)
+            if "error" in event:
+                now = time.perf_counter()
+                if req.status is S.QUEUED:
+                    req.advance(S.PROCESSING, now)
+                req.advance(S.FAILED, now, error=f"server: {event['error'].get('message')}")
+                return
+            usage = event.get("usage") or usage
+            for choice in event.get("choices") or []:
+                text = choice.get("text") or (choice.get("delta") or {}).get("content") or ""
+                if text:
+                    if req.first_token is None:
+                        req.first_token = time.perf_counter()
+                        req.advance(S.PROCESSING, req.first_token)
+                    pieces.append(text)
+                    req.tokens_streamed += 1
+                finish = choice.get("finish_reason") or finish
+        now = time.perf_counter()
+        if req.status is S.QUEUED:  # an empty answer: no token ever came
+            req.advance(S.PROCESSING, now)
+        started = req.started if req.started is not None else now
+        completion = Completion(
+            "".join(pieces), int((usage or {}).get("prompt_tokens", 0)),
+            int((usage or {}).get("completion_tokens", len(pieces))),
+            (req.first_token or now) - req.arrived, now - started, finish if finish in ("stop", "length") else "length")
+        req.advance(S.COMPLETED, now, completion=completion)
