@@ -17,6 +17,28 @@ from matplotlib.figure import Figure
 from .request_queue import RequestQueue
 from .stress_run import StressRun, compare as compare_table
 
+def _png(fig: Figure) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return buf.getvalue()
+
+
+def _register_notebook_display() -> None:
+    """Show a returned Figure as a PNG in notebooks. Figures built without pyplot have no display
+    hook of their own until pyplot's inline backend is loaded, so register one (same as inline's)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is not None:
+        shell.display_formatter.formatters["image/png"].for_type(Figure, _png)
+
+
+_register_notebook_display()
+
 WAVE_COLOURS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c")
 
 

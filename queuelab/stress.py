@@ -20,13 +20,14 @@ import pandas as pd
 
 from . import arrivals
 from .generation import GenerationParams
+from .metrics import TIMELINE_COLUMNS
 from .progress import Progress, as_progress
 from .prompts import choose
 from .request import Request
 from .request_queue import RequestQueue
-from .metrics import TIMELINE_COLUMNS
 from .stress_run import REQUEST_COLUMNS, StressRun, compare
 from .targets import QueueTarget, Target, as_target
+
 
 def __getattr__(name: str) -> Any:
     if name == "HTTPTarget":  # needs httpx (the server extra): imported when asked for

@@ -70,7 +70,7 @@ class StressRun:
     def report(self) -> str:
         """The seed lesson's summary lines, then the percentiles it did not have."""
         s = self.summary
-        ms = lambda k: f"{s[k] * 1e3:.0f} ms" if not _isnan(s[k]) else "n/a"  # noqa: E731
+        ms = lambda k: "n/a" if _isnan(s[k]) else f"{s[k] * 1e3:.0f} ms" if s[k] < 1 else f"{s[k]:.2f} s"  # noqa: E731
         lines = [
             f"Stress test summary ({self.name})",
             f"Total Requests Sent: {s['sent']}",

@@ -1,7 +1,6 @@
 """The `queuelab` command, run as a user would (subprocess)."""
 
 import concurrent.futures as cf
-import json
 import os
 import signal
 import subprocess

@@ -105,6 +105,7 @@ def test_headless_notebook_does_not_hang_and_keeps_a_static_snapshot(tmp_path):
         "dash = ql.Dashboard(q, interval=0.2).show()",
         "run = await ql.stress.incremental(q, waves=[5, 10], max_new_tokens=2, progress=ql.StressView())",
         "await q.stop()\ndash.stop()",
+        "ql.plots.timeline(run)",
     )]
     NotebookClient(nb, timeout=60, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     dash_out, = nb.cells[1].outputs
@@ -112,3 +113,4 @@ def test_headless_notebook_does_not_hang_and_keeps_a_static_snapshot(tmp_path):
     assert "text/html" in dash_out.data and "application/vnd.jupyter.widget-view+json" not in dash_out.data
     assert "Queue statistics" in dash_out.data["text/html"] and "data:image/png;base64" in dash_out.data["text/html"]
     assert "15 of 15 requests done (finished)" in view_out[-1].data["text/html"]
+    assert "image/png" in nb.cells[4].outputs[0].data  # a returned Figure shows as a picture
