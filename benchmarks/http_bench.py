@@ -1,7 +1,8 @@
 """HTTP path benchmarks: print figures side by side in one run; assert nothing.
 
-1. Overhead: req/s through `queuelab serve`'s app over a real loopback socket (HTTPTarget, streaming)
-   vs the same requests in-process, SimulatedModel(0.01) (target ratio >= 0.9).
+1. Overhead: req/s through `queuelab serve` over a real loopback socket (HTTPTarget, streaming) vs the
+   same requests in-process, SimulatedModel(0.01) (target ratio >= 0.9): sustained (closed loop,
+   16 users), and a burst (rapid fire: every request admitted at once).
 2. Load-generator capacity: a zero-delay model behind the server, offered far more than it can take:
    the completed req/s is what one process of load generator plus server sustains on this machine.
 
@@ -42,14 +43,20 @@ def start_server(model: str, port: int) -> subprocess.Popen:
         time.sleep(0.1)
 
 
-async def over_http(port: int, n: int) -> ql.StressRun:
+async def experiment(target: object, kind: str, n: int) -> ql.StressRun:
+    if kind == "closed loop":
+        return await stress.concurrency(target, users=16, n=n, max_new_tokens=8, progress=False)
+    return await stress.rapid_fire(target, n=n, max_new_tokens=8, progress=False)
+
+
+async def over_http(port: int, kind: str, n: int) -> ql.StressRun:
     async with HTTPTarget(f"http://127.0.0.1:{port}") as target:
-        return await stress.rapid_fire(target, n=n, max_new_tokens=8, progress=False)
+        return await experiment(target, kind, n)
 
 
-async def in_process(n: int) -> ql.StressRun:
+async def in_process(kind: str, n: int) -> ql.StressRun:
     async with ql.RequestQueue(ql.SimulatedModel(0.01), max_queue_size=100_000) as q:
-        return await stress.rapid_fire(q, n=n, max_new_tokens=8, progress=False)
+        return await experiment(q, kind, n)
 
 
 def main() -> None:
@@ -58,19 +65,20 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=8765)
     a = ap.parse_args()
     print(f"machine: {os.cpu_count()} cores")
-    proc = start_server("sim:0.01", a.port)
-    try:
-        http = asyncio.run(over_http(a.port, a.n))
-    finally:
-        proc.send_signal(2)
-        proc.wait(30)
-    local = asyncio.run(in_process(a.n))
-    h, l = http.summary["req_per_s"], local.summary["req_per_s"]
-    print(f"HTTP overhead ({a.n} requests, SimulatedModel(0.01), streaming): in-process {l:.1f} req/s, "
-          f"over HTTP {h:.1f} req/s, ratio {h / l:.3f} (target >= 0.9)")
+    for kind in ("closed loop", "rapid fire"):
+        proc = start_server("sim:0.01", a.port)
+        try:
+            http = asyncio.run(over_http(a.port, kind, a.n))
+        finally:
+            proc.send_signal(2)
+            proc.wait(30)
+        local = asyncio.run(in_process(kind, a.n))
+        h, l = http.summary["req_per_s"], local.summary["req_per_s"]
+        print(f"HTTP overhead, {kind} ({a.n} requests, SimulatedModel(0.01), 8 streamed tokens each): "
+              f"in-process {l:.1f} req/s, over HTTP {h:.1f} req/s, ratio {h / l:.3f} (target >= 0.9)")
     proc = start_server("sim:0", a.port + 1)
     try:
-        cap = asyncio.run(over_http(a.port + 1, a.n * 3))
+        cap = asyncio.run(over_http(a.port + 1, "rapid fire", a.n * 3))
     finally:
         proc.send_signal(2)
         proc.wait(30)
