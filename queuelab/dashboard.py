@@ -30,7 +30,7 @@ except ImportError as e:  # pragma: no cover - the notebook extra is missing
 
 CSS = """<style>
 .ql-panel{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px;border:1px solid #d0d7de;
- border-radius:6px;padding:6px 10px;min-width:260px;background:#fafbfc}
+ border-radius:6px;padding:6px 10px;min-width:260px;background:#fafbfc;overflow:hidden}
 .ql-panel h4{margin:0 0 4px 0;font-size:13px}
 .ql-panel table{border-collapse:collapse;margin:0}
 .ql-panel td,.ql-panel th{padding:0 8px 0 0;text-align:left;white-space:nowrap;line-height:1.35;border:none}
@@ -91,7 +91,7 @@ def recent_panel(s: QueueStats, n: int = 10) -> str:
     head = "<tr><th>#</th><th>status</th><th>wait</th><th>e2e</th><th>tok</th><th>answer / error</th></tr>"
     rows = "".join(
         f"<tr><td>{r.id}</td><td class=\"{'ql-ok' if r.status == 'completed' else 'ql-bad'}\">{r.status}</td>"
-        f"<td>{_fmt_s(r.wait)}</td><td>{_fmt_s(r.e2e)}</td><td>{r.tokens}</td><td>{html.escape(r.preview[:40])}</td></tr>"
+        f"<td>{_fmt_s(r.wait)}</td><td>{_fmt_s(r.e2e)}</td><td>{r.tokens}</td><td>{html.escape(r.preview[:28])}</td></tr>"
         for r in s.recent[:n])
     return _panel("Recent completions", f"<table>{head}{rows}</table>")
 
@@ -212,7 +212,7 @@ class Dashboard(_LiveView):
         self._png = b""
         self._last_plot = -math.inf
         grid = widgets.GridBox(list(self.panels.values()),
-                               layout=widgets.Layout(grid_template_columns="repeat(2, minmax(280px, 1fr))",
+                               layout=widgets.Layout(grid_template_columns="repeat(2, minmax(0, 1fr))",
                                                      grid_gap="6px"))
         self.root = widgets.VBox([widgets.HTML(CSS), grid] + ([self.plot] if self.plot is not None else []))
 
@@ -269,7 +269,7 @@ def svg_chart(x: Any, series: list[tuple[Any, str, str]], *, title: str, width: 
               step: bool = False) -> str:
     """A tiny SVG line chart. The browser draws it, so a live update costs the kernel well under a
     millisecond (a matplotlib PNG costs ~100 ms, with the GIL held: event-loop lag for everyone)."""
-    pad_l, pad_b, pad_t = 34, 16, 16
+    pad_l, pad_b, pad_t = 34, 16, 28
     w, h = width - pad_l - 6, height - pad_b - pad_t
     x = [float(v) for v in x]
     x0, x1 = (x[0], x[-1]) if len(x) > 1 and x[-1] > x[0] else (0.0, 1.0)
@@ -285,10 +285,10 @@ def svg_chart(x: Any, series: list[tuple[Any, str, str]], *, title: str, width: 
                 pts.append(f"{sx(xv):.1f},{sy(ys[j - 1]):.1f}")
             pts.append(f"{sx(xv):.1f},{sy(yv):.1f}")
         lines.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{" ".join(pts)}"/>')
-        legend.append(f'<text x="{pad_l + 4 + 110 * i}" y="{pad_t + 10}" fill="{colour}" font-size="10">{html.escape(label)}</text>')
+        legend.append(f'<text x="{pad_l + 4 + 90 * i}" y="{pad_t - 5}" fill="{colour}" font-size="10">{html.escape(label)}</text>')
     axes = (f'<line x1="{pad_l}" y1="{pad_t + h}" x2="{pad_l + w}" y2="{pad_t + h}" stroke="#888"/>'
             f'<line x1="{pad_l}" y1="{pad_t}" x2="{pad_l}" y2="{pad_t + h}" stroke="#888"/>'
-            f'<text x="{pad_l - 4}" y="{pad_t + 4}" font-size="10" text-anchor="end">{top:.3g}</text>'
+            f'<text x="{pad_l - 4}" y="{pad_t + 8}" font-size="10" text-anchor="end">{top:.3g}</text>'
             f'<text x="{pad_l - 4}" y="{pad_t + h}" font-size="10" text-anchor="end">0</text>'
             f'<text x="{pad_l}" y="{height - 3}" font-size="10">{x0 - x1:.0f} s</text>'
             f'<text x="{pad_l + w}" y="{height - 3}" font-size="10" text-anchor="end">now</text>'
