@@ -127,8 +127,7 @@ def create_app(queue: RequestQueue, *, manage_queue: bool = True, drain_on_shutd
         body = api.parse(api.CompletionBody, await body_of(request))
         request.state.body = body
         req = admit(body.prompt, body, stream=body.stream)
-        return await respond(request, req, api.completion_response,
-                             lambda rid, m, text, finish: api.completion_chunk(rid, m, text, finish))
+        return await respond(request, req, api.completion_response, api.completion_chunk)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: HTTPRequest) -> Response:
