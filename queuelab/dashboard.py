@@ -12,13 +12,13 @@ import asyncio
 import base64
 import contextvars
 import html
-import io
 import math
 import time
 import weakref
 from typing import Any
 
-from .metrics import QueueStats
+from . import panels
+from .metrics import format_number, format_seconds
 from .progress import WaveTally
 from .request_queue import RequestQueue
 
@@ -38,81 +38,43 @@ CSS = """<style>
 </style>"""
 
 
-def _fmt(x: float, spec: str) -> str:
-    return "–" if x is None or math.isnan(x) else format(x, spec)
-
-
-def _fmt_s(x: float | None) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "–"
-    return f"{x * 1e3:.0f} ms" if x < 1 else f"{x:.2f} s"
-
-
-def _table(rows: list[tuple[str, Any]]) -> str:
-    return "<table>" + "".join(f"<tr><td>{html.escape(k)}</td><td>{v}</td></tr>" for k, v in rows) + "</table>"
+def _table(rows: list[tuple[str, str]]) -> str:
+    cells = []
+    for label, text in rows:
+        value = html.escape(text)
+        if label in ("Queue size", "Processing"):
+            value = f'<span class="ql-big">{value}</span>'
+        elif label == "Worker alive" and text in ("yes", "no"):
+            value = f'<span class="{"ql-ok" if text == "yes" else "ql-bad"}">{value}</span>'
+        elif label == "Error":
+            value = f'<span class="ql-bad">{value}</span>'
+        cells.append(f"<tr><td>{html.escape(label)}</td><td>{value}</td></tr>")
+    return "<table>" + "".join(cells) + "</table>"
 
 
 def _panel(title: str, body: str) -> str:
     return f'<div class="ql-panel"><h4>{html.escape(title)}</h4>{body}</div>'
 
 
-def _uptime(s: float) -> str:
-    s = int(s)
-    return f"{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
-
-
-def stats_panel(s: QueueStats) -> str:
-    e2e = s.latency["e2e"]
-    return _panel("Queue statistics", _table([
-        ("Uptime", _uptime(s.uptime_s)),
-        ("Queue size", f'<span class="ql-big">{s.queue_size}</span>'),
-        ("Processing", f'<span class="ql-big">{s.processing}</span>'),
-        ("Submitted", s.submitted), ("Completed", s.completed), ("Failed", s.failed),
-        ("Cancelled", s.cancelled), ("Rejected", s.rejected),
-        (f"Req/s ({s.window_s:.0f} s)", f"{s.req_per_s:.2f}"),
-        (f"Tokens/s ({s.window_s:.0f} s)", f"{s.tokens_per_s:.1f}"),
-        ("e2e p50 / p99", f"{_fmt_s(e2e.p50)} / {_fmt_s(e2e.p99)}"),
-    ]))
-
-
-def active_panel(s: QueueStats) -> str:
-    if not s.active:
-        return _panel("Active request", "<i>idle: nothing is processing</i>")
-    a = s.active[0]
-    return _panel("Active request", _table([
-        ("Request", f"#{a.id}"), ("Prompt", html.escape(a.prompt_preview)),
-        ("Elapsed", f"{a.elapsed_s:.1f} s"), ("Tokens so far", a.tokens),
-    ]))
-
-
-def recent_panel(s: QueueStats, n: int = 10) -> str:
-    if not s.recent:
-        return _panel("Recent completions", "<i>none yet</i>")
+def recent_table(s: dict[str, Any]) -> str:
+    rows = panels.recent_rows(s)
+    if not rows:
+        return "<i>none yet</i>"
     head = "<tr><th>#</th><th>status</th><th>wait</th><th>e2e</th><th>tok</th><th>answer / error</th></tr>"
-    rows = "".join(
-        f"<tr><td>{r.id}</td><td class=\"{'ql-ok' if r.status == 'completed' else 'ql-bad'}\">{r.status}</td>"
-        f"<td>{_fmt_s(r.wait)}</td><td>{_fmt_s(r.e2e)}</td><td>{r.tokens}</td><td>{html.escape(r.preview[:28])}</td></tr>"
-        for r in s.recent[:n])
-    return _panel("Recent completions", f"<table>{head}{rows}</table>")
+    body = "".join(
+        f"<tr><td>{r['id']}</td><td class=\"{'ql-ok' if r['status'] == 'completed' else 'ql-bad'}\">{r['status']}</td>"
+        f"<td>{r['wait']}</td><td>{r['e2e']}</td><td>{r['tokens']}</td><td>{html.escape(r['preview'])}</td></tr>"
+        for r in rows)
+    return f"<table>{head}{body}</table>"
 
 
-def health_panel(s: QueueStats) -> str:
-    h, m = s.health, s.health.model
-    alive = ('<span class="ql-ok">yes</span>' if h.worker_alive
-             else '<span class="ql-bad">no</span>' if h.state == "broken" else "no (queue stopped)")
-    rows = [("Model", html.escape(str(m.get("name", "?")))), ("Parameters", f"{m.get('parameters', 0):,}"),
-            ("Device / dtype", f"{m.get('device', '?')} / {m.get('dtype', '?')}"),
-            ("Memory", f"{m.get('memory_bytes', 0) / 1e6:.0f} MB"), ("Worker alive", alive),
-            ("Event-loop lag", _fmt_s(h.loop_lag_s)), ("Queue state", h.state)]
-    if h.error:
-        rows.append(("Error", f'<span class="ql-bad">{html.escape(h.error)}</span>'))
-    return _panel("Health", _table(rows))
-
-
-def _png(fig: Any, dpi: int = 72) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    return buf.getvalue()
+def panel_html(s: dict[str, Any]) -> dict[str, str]:
+    """The four panels of a `QueueStats.as_dict()` snapshot, as HTML."""
+    active = panels.active_rows(s)
+    return {"stats": _panel("Queue statistics", _table(panels.stats_rows(s))),
+            "active": _panel("Active request", _table(active) if active else "<i>idle: nothing is processing</i>"),
+            "recent": _panel("Recent completions", recent_table(s)),
+            "health": _panel("Health", _table(panels.health_rows(s)))}
 
 
 def _img_tag(png: bytes) -> str:
@@ -226,43 +188,35 @@ class Dashboard(_LiveView):
     def _finished(self) -> bool:
         return self.queue.state in ("stopped", "broken")
 
-    def _panel_html(self, s: QueueStats) -> dict[str, str]:
-        return {"stats": stats_panel(s), "active": active_panel(s), "recent": recent_panel(s), "health": health_panel(s)}
+    def _update_panels(self) -> None:
+        for key, value in panel_html(self.queue.stats().as_dict()).items():
+            self._set(self.panels[key], value=value)
 
     async def refresh(self) -> None:
-        s = self.queue.stats()
-        for key, value in self._panel_html(s).items():
-            self._set(self.panels[key], value=value)
+        self._update_panels()
         now = time.perf_counter()
         if self.plot is not None and now - self._last_plot >= self.plot_interval:
             self._last_plot = now
-            self._set(self.plot, value=live_plot_html(self._window()))
-
-    def _window(self) -> Any:
-        tl = self.queue.timeline()
-        return tl[tl.t >= tl.t.iloc[-1] - self.plot_window_s] if len(tl) else tl
+            self._set(self.plot, value=live_plot_html(self.queue.timeline(self.plot_window_s)))
 
     def final_refresh(self) -> None:
-        s = self.queue.stats()
-        for key, value in self._panel_html(s).items():
-            self._set(self.panels[key], value=value)
-        tl = self._window()
+        self._update_panels()
+        tl = self.queue.timeline(self.plot_window_s)
         if self.plot is not None and len(tl) >= 2:
             self._set(self.plot, value=live_plot_html(tl))
             self._png = _render_timeline(tl)  # once, for the static snapshot
 
     def snapshot_html(self) -> str:
-        s = self.queue.stats()
-        panels = "".join(f'<div style="display:inline-block;vertical-align:top;margin:3px">{p}</div>'
-                         for p in self._panel_html(s).values())
-        return f"<div>{panels}</div>{_img_tag(self._png)}"
+        boxes = "".join(f'<div style="display:inline-block;vertical-align:top;margin:3px">{p}</div>'
+                        for p in panel_html(self.queue.stats().as_dict()).values())
+        return f"<div>{boxes}</div>{_img_tag(self._png)}"
 
 
 def _render_timeline(tl: Any) -> bytes:
     """The full-quality timeline figure, for the static snapshot (drawn once, when the view stops)."""
     from . import plots
 
-    return _png(plots.timeline(tl, size=(8, 3.6)))
+    return plots.to_png(plots.timeline(tl, size=(8, 3.6)), dpi=72)
 
 
 def svg_chart(x: Any, series: list[tuple[Any, str, str]], *, title: str, width: int = 360, height: int = 130,
@@ -339,8 +293,8 @@ class StressView(_LiveView, WaveTally):
         head = ("<tr><th>wave</th><th>sent</th><th>done</th><th>success</th><th>req/s</th>"
                 "<th>e2e p50</th><th>e2e p99</th></tr>")
         body = "".join(
-            f"<tr><td>{r['wave']}</td><td>{r['sent']}</td><td>{r['done']}</td><td>{_fmt(r['success_rate'], '.0%')}</td>"
-            f"<td>{_fmt(r['req_per_s'], '.2f')}</td><td>{_fmt_s(r['e2e_p50'])}</td><td>{_fmt_s(r['e2e_p99'])}</td></tr>"
+            f"<tr><td>{r['wave']}</td><td>{r['sent']}</td><td>{r['done']}</td><td>{format_number(r['success_rate'], '.0%')}</td>"
+            f"<td>{format_number(r['req_per_s'], '.2f')}</td><td>{format_seconds(r['e2e_p50'])}</td><td>{format_seconds(r['e2e_p99'])}</td></tr>"
             for r in rows)
         total = f" of {self.total}" if self.total else ""
         state = "finished" if self.closed else "running"

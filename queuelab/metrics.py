@@ -58,21 +58,6 @@ class RateWindow:
         return len(self._events) / span, sum(t for _, t in self._events) / span
 
 
-class LatencyLog:
-    """The last `maxlen` values of wait, service, ttft and e2e of completed requests."""
-
-    def __init__(self, maxlen: int = 10_000) -> None:
-        self._rings = {k: deque(maxlen=maxlen) for k in LATENCY_KINDS}
-
-    def add(self, **values: float | None) -> None:
-        for k, v in values.items():
-            if v is not None:
-                self._rings[k].append(v)
-
-    def summary(self) -> dict[str, Percentiles]:
-        return {k: percentiles(ring) for k, ring in self._rings.items()}
-
-
 class Histogram:
     """A cumulative histogram with fixed bucket bounds (seconds), as Prometheus exposes them."""
 
@@ -96,6 +81,24 @@ class Histogram:
         return list(zip((*self.bounds, math.inf), itertools.accumulate(self.counts)))
 
 
+class LatencyLog:
+    """Wait, service, ttft and e2e of completed requests: the last `maxlen` values (for percentiles)
+    and cumulative histograms of all of them (for Prometheus, and an all-time mean)."""
+
+    def __init__(self, maxlen: int = 10_000) -> None:
+        self._rings = {k: deque(maxlen=maxlen) for k in LATENCY_KINDS}
+        self.histograms = {k: Histogram() for k in LATENCY_KINDS}
+
+    def add(self, **values: float | None) -> None:
+        for k, v in values.items():
+            if v is not None:
+                self._rings[k].append(v)
+                self.histograms[k].observe(v)
+
+    def summary(self) -> dict[str, Percentiles]:
+        return {k: percentiles(ring) for k, ring in self._rings.items()}
+
+
 class Timeline:
     """Rows sampled at a fixed interval; a ring buffer, so a long-running queue stays bounded."""
 
@@ -108,8 +111,13 @@ class Timeline:
     def __len__(self) -> int:
         return len(self._rows)
 
-    def frame(self) -> pd.DataFrame:
-        return pd.DataFrame(list(self._rows), columns=list(TIMELINE_COLUMNS))
+    def frame(self, window_s: float | None = None) -> pd.DataFrame:
+        """All rows, or only those within `window_s` of the last one (without copying the rest)."""
+        rows: Iterable[tuple[float, ...]] = self._rows
+        if window_s is not None and self._rows:
+            since = self._rows[-1][0] - window_s
+            rows = reversed(list(itertools.takewhile(lambda r: r[0] >= since, reversed(self._rows))))
+        return pd.DataFrame(list(rows), columns=list(TIMELINE_COLUMNS))
 
 
 @dataclass(frozen=True)
@@ -175,6 +183,18 @@ def _nan_to_none(x: Any) -> Any:
     if isinstance(x, list):
         return [_nan_to_none(v) for v in x]
     return x
+
+
+def format_seconds(x: float | None, missing: str = "–") -> str:
+    """A duration for people: '850 ms' below a second, '2.35 s' above; `missing` for None or NaN."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return missing
+    return f"{x * 1e3:.0f} ms" if x < 1 else f"{x:.2f} s"
+
+
+def format_number(x: float | None, spec: str, missing: str = "–") -> str:
+    """`format(x, spec)`, or `missing` for None or NaN (a rate before the first completion, say)."""
+    return missing if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
 
 def preview(text: str, n: int = 60) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from .generation import Completion, GenerationParams, check_prompt
@@ -128,7 +127,3 @@ def load_model(name: str = EMBEDDED, *, device: str = "auto", dtype: Any = None)
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"model name must be a non-empty string, got {name!r}")
     return load_transformers_model(name, device=pick_device(device), dtype=dtype)
-
-
-def is_local_path(name: str) -> bool:
-    return Path(name).expanduser().is_dir()

@@ -17,11 +17,12 @@ from matplotlib.figure import Figure
 from .request_queue import RequestQueue
 from .stress_run import StressRun, compare as compare_table
 
-def _png(fig: Figure) -> bytes:
+def to_png(fig: Figure, dpi: int = 100) -> bytes:
+    """The figure as PNG bytes."""
     import io
 
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
+    fig.savefig(buf, format="png", dpi=dpi)
     return buf.getvalue()
 
 
@@ -34,7 +35,7 @@ def _register_notebook_display() -> None:
         return
     shell = get_ipython()
     if shell is not None:
-        shell.display_formatter.formatters["image/png"].for_type(Figure, _png)
+        shell.display_formatter.formatters["image/png"].for_type(Figure, to_png)
 
 
 _register_notebook_display()

@@ -20,8 +20,8 @@ from collections import Counter, OrderedDict, deque
 from typing import Any
 
 from .generation import Completion, GenerationParams
-from .metrics import (LATENCY_KINDS, ActiveRequest, Health, Histogram, LatencyLog, QueueStats, RateWindow,
-                      RecentRequest, Timeline, preview)
+from .metrics import (ActiveRequest, Health, Histogram, LatencyLog, QueueStats, RateWindow, RecentRequest,
+                      Timeline, preview)
 from .model import LanguageModel
 from .request import Request, RequestStatus
 from .scheduling import Scheduler, SequentialScheduler, WaitingLine
@@ -66,7 +66,6 @@ class RequestQueue:
         self._timers: dict[int, asyncio.TimerHandle] = {}
         self._rates = RateWindow(window_s)
         self._latency = LatencyLog()
-        self._histograms = {kind: Histogram() for kind in LATENCY_KINDS}
         self._timeline = Timeline(timeline_max_rows)
         self._lags: deque[float] = deque(maxlen=20)
         self._state = "created"
@@ -229,11 +228,7 @@ class RequestQueue:
         if status is S.COMPLETED and completion is not None:
             self._counts["tokens"] += completion.completion_tokens
             self._rates.add(now, completion.completion_tokens)
-            timings = {"wait": req.wait, "service": req.service, "ttft": req.ttft, "e2e": req.e2e}
-            self._latency.add(**timings)
-            for kind, value in timings.items():
-                if value is not None:
-                    self._histograms[kind].observe(value)
+            self._latency.add(wait=req.wait, service=req.service, ttft=req.ttft, e2e=req.e2e)
 
     # -- the worker ---------------------------------------------------------------------------
     async def _work(self) -> None:
@@ -347,9 +342,13 @@ class RequestQueue:
             self._stopped_at = time.perf_counter()
             self._record(self._stopped_at, 0.0)  # the final state, so plots end where the run ended
 
-    def timeline(self):  # -> pandas.DataFrame
-        """One row per sampler tick: t, elapsed, queue_depth, processing, totals, rates, loop lag."""
-        return self._timeline.frame()
+    def timeline(self, window_s: float | None = None):  # -> pandas.DataFrame
+        """One row per sampler tick: t, elapsed, queue_depth, processing, totals, rates, loop lag.
+
+        `window_s` keeps only the last so many seconds: what a live plot needs, built without
+        copying a long history on the event loop.
+        """
+        return self._timeline.frame(window_s)
 
     @property
     def queue_size(self) -> int:
@@ -376,13 +375,23 @@ class RequestQueue:
             active=[ActiveRequest(r.id, preview(r.prompt), now - (r.started or now), r.tokens_streamed)
                     for r in self._active.values()],
             recent=[_recent(r) for r in reversed(self._recent)],
-            health=Health(state=self._state, worker_alive=self._worker is not None and not self._worker.done(),
-                          loop_lag_s=max(self._lags, default=0.0), model=self._model_info, error=self._error),
+            health=self.health(),
         )
 
     def histograms(self) -> dict[str, Histogram]:
         """Cumulative latency histograms (wait, service, ttft, e2e) of completed requests, for Prometheus."""
-        return self._histograms
+        return self._latency.histograms
+
+    @property
+    def mean_service_s(self) -> float | None:
+        """Mean service time of every completed request so far (None before the first); O(1)."""
+        h = self._latency.histograms["service"]
+        return h.total / h.count if h.count else None
+
+    def health(self) -> Health:
+        """State, worker, loop lag and model: cheap, without the rest of `stats()`."""
+        return Health(state=self._state, worker_alive=self._worker is not None and not self._worker.done(),
+                      loop_lag_s=max(self._lags, default=0.0), model=self._model_info, error=self._error)
 
     def __repr__(self) -> str:
         return (f"<RequestQueue {self._state} model={getattr(self.model, 'name', '?')!r} "

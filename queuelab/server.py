@@ -82,8 +82,7 @@ def create_app(queue: RequestQueue, *, manage_queue: bool = True, drain_on_shutd
 
     def retry_after() -> int:
         """Seconds until the queue has room, roughly: the waiting requests × mean service time."""
-        service = queue.stats().latency["service"].mean
-        return max(1, min(600, math.ceil(queue.queue_size * (service if service == service else 1.0))))
+        return max(1, min(600, math.ceil(queue.queue_size * (queue.mean_service_s or 1.0))))
 
     def outcome_error(req: Request) -> api.APIError:
         if req.status is RequestStatus.FAILED:
@@ -144,7 +143,7 @@ def create_app(queue: RequestQueue, *, manage_queue: bool = True, drain_on_shutd
 
     @app.get("/health")
     async def health() -> JSONResponse:
-        h = queue.stats().health
+        h = queue.health()
         ok = queue.running and not app.state.stopping
         return JSONResponse({"status": "ok" if ok else h.state, "model_loaded": True, "model": model_name,
                              "worker_alive": h.worker_alive}, status_code=200 if ok else 503)

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .metrics import percentiles
+from .metrics import format_seconds, percentiles
 
 SCHEMA = "queuelab.stressrun/1"
 REQUEST_COLUMNS = ["id", "wave", "scheduled_at", "sent_at", "arrived", "started", "first_token", "finished",
@@ -36,7 +36,6 @@ class StressRun:
             self.waves = wave_table(self.requests)
         if self.summary is None:
             self.summary = summarize(self.requests, self.timeline)
-        self.summary = {k: (math.nan if v is None else v) for k, v in self.summary.items()}
 
     @property
     def name(self) -> str:
@@ -59,7 +58,8 @@ class StressRun:
         if doc.get("schema") != SCHEMA:
             raise ValueError(f"{path}: not a queuelab stress run (schema {doc.get('schema')!r}, expected {SCHEMA!r})")
         return cls(kind=doc["kind"], config=doc["config"], requests=_frame(doc["requests"]),
-                   timeline=_frame(doc["timeline"]), waves=_frame(doc["waves"]), summary=doc["summary"])
+                   timeline=_frame(doc["timeline"]), waves=_frame(doc["waves"]),
+                   summary={k: (math.nan if v is None else v) for k, v in doc["summary"].items()})  # JSON has no NaN
 
     def to_csv(self, path: str | Path) -> Path:
         """The requests table as CSV, for spreadsheets."""
@@ -70,7 +70,7 @@ class StressRun:
     def report(self) -> str:
         """The seed lesson's summary lines, then the percentiles it did not have."""
         s = self.summary
-        ms = lambda k: "n/a" if _isnan(s[k]) else f"{s[k] * 1e3:.0f} ms" if s[k] < 1 else f"{s[k]:.2f} s"  # noqa: E731
+        ms = lambda k: format_seconds(s[k], missing="n/a")  # noqa: E731
         lines = [
             f"Stress test summary ({self.name})",
             f"Total Requests Sent: {s['sent']}",
@@ -122,9 +122,10 @@ def peak_depth(df: pd.DataFrame) -> int:
     return int(max(np.cumsum([d for _, d in events])))
 
 
-def _pcts(prefix: str, values: pd.Series) -> dict[str, float]:
+def _pcts(prefix: str, values: pd.Series, *, mean: bool = True) -> dict[str, float]:
     p = percentiles(values.dropna())
-    return {f"{prefix}_mean": p.mean, f"{prefix}_p50": p.p50, f"{prefix}_p90": p.p90, f"{prefix}_p99": p.p99}
+    out = {f"{prefix}_mean": p.mean} if mean else {}
+    return out | {f"{prefix}_p50": p.p50, f"{prefix}_p90": p.p90, f"{prefix}_p99": p.p99}
 
 
 def _span(df: pd.DataFrame) -> tuple[float, float]:
@@ -143,8 +144,7 @@ def wave_table(requests: pd.DataFrame) -> pd.DataFrame:
             "success_rate": len(ok) / len(df), "start_s": start - run_start, "wall_s": wall,
             "req_per_s": len(ok) / wall if wall > 0 else math.nan,
             "tokens_per_s": ok.completion_tokens.sum() / wall if wall > 0 else math.nan,
-            **{k: v for k, v in _pcts("wait", ok.wait).items() if not k.endswith("mean")},
-            **{k: v for k, v in _pcts("e2e", ok.e2e).items() if not k.endswith("mean")},
+            **_pcts("wait", ok.wait, mean=False), **_pcts("e2e", ok.e2e, mean=False),
             "peak_queue_depth": peak_depth(df),
         })
     return pd.DataFrame(rows)
@@ -174,7 +174,8 @@ def summarize(requests: pd.DataFrame, timeline: pd.DataFrame) -> dict[str, Any]:
         **littles_law(requests, timeline, start, end),
         "errors": dict(errors.most_common(5)),
     }
-    return _jsonable(s)  # plain Python scalars: numpy ones print and compare badly
+    # Plain Python scalars: numpy ones print and compare badly.
+    return {k: v.item() if isinstance(v, np.generic) else v for k, v in s.items()}
 
 
 def littles_law(requests: pd.DataFrame, timeline: pd.DataFrame, start: float, end: float) -> dict[str, float]:

@@ -15,7 +15,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from . import embedded
 from .generation import Completion, GenerationParams
-from .model import EMBEDDED, TINY, LanguageModel, TokenCallback, is_local_path
+from .model import EMBEDDED, TINY, LanguageModel, TokenCallback
 
 
 class TransformersModel(LanguageModel):
@@ -210,7 +210,7 @@ def _tiny_random(dtype: torch.dtype) -> tuple[Any, Any]:
 
 
 def _from_anywhere(name: str, dtype: torch.dtype) -> tuple[Any, Any]:
-    if is_local_path(name):
+    if Path(name).expanduser().is_dir():
         return _from_dir(Path(name).expanduser(), dtype)
     try:
         return _from_dir(name, dtype, local_files_only=True)

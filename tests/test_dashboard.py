@@ -114,3 +114,23 @@ def test_headless_notebook_does_not_hang_and_keeps_a_static_snapshot(tmp_path):
     assert "Queue statistics" in dash_out.data["text/html"] and "data:image/png;base64" in dash_out.data["text/html"]
     assert "15 of 15 requests done (finished)" in view_out[-1].data["text/html"]
     assert "image/png" in nb.cells[4].outputs[0].data  # a returned Figure shows as a picture
+
+
+async def test_notebook_and_terminal_show_the_same_panels():
+    from rich.console import Console
+
+    from queuelab import panels
+    from queuelab.dashboard import panel_html
+    from queuelab.terminal import monitor_view
+
+    async with ql.RequestQueue(ql.SimulatedModel(0.002, fail_if=lambda p: "[b]" in p, name="[b]sim")) as q:
+        await asyncio.gather(*(q.submit(p) for p in ("ok", "[b]x", "fine")), return_exceptions=True)
+        snapshot = q.stats().as_dict()
+    console = Console(record=True, width=160)
+    console.print(monitor_view(snapshot, "http://x"))
+    terminal = console.export_text()
+    notebook = "".join(panel_html(snapshot).values())
+    for label, text in panels.stats_rows(snapshot) + panels.health_rows(snapshot):
+        assert label in terminal and label in notebook
+        assert cell(notebook, label) == text
+    assert "[b]sim" in terminal  # text from the server shows as text, never as Rich markup

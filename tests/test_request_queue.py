@@ -298,13 +298,14 @@ async def test_run_refuses_inside_a_running_loop():
         ql.run(nothing())
 
 
-def test_run_works_from_sync_code():
+def test_run_works_from_sync_code_and_leaves_no_threads():
     async def main():
         async with ql.RequestQueue(sim(0)) as q:
             return await q.generate("hello", max_new_tokens=2)
 
+    before = threading.active_count()
     assert ql.run(main()).completion_tokens == 2
-    assert threading.active_count() >= 1
+    assert threading.active_count() == before  # the model's worker thread went with the loop
 
 
 # -- conservation, over random interleavings ------------------------------------------------------
@@ -382,3 +383,15 @@ async def test_histograms_count_completed_requests():
     h = q.histograms()["e2e"]
     assert h.count == 5 and h.cumulative()[-1] == (float("inf"), 5)
     assert h.total == pytest.approx(q.stats().latency["e2e"].mean * 5)
+
+
+async def test_timeline_window_and_mean_service():
+    async with ql.RequestQueue(sim(0.004), sample_interval=0.005) as q:
+        reqs = [q.submit(f"p{i}") for i in range(20)]
+        await asyncio.gather(*reqs)
+        assert q.mean_service_s == pytest.approx(np.mean([r.service for r in reqs]))
+        full, recent = q.timeline(), q.timeline(window_s=0.03)
+    assert 0 < len(recent) < len(full)
+    assert recent.t.iloc[-1] == full.t.iloc[-1] and (recent.t >= recent.t.iloc[-1] - 0.03).all()
+    assert list(recent.t) == list(full.t[full.t >= full.t.iloc[-1] - 0.03])
+    assert ql.RequestQueue(sim(0)).mean_service_s is None
