@@ -1,50 +1,68 @@
 """Language models behind one interface: a transformers model, or a simulated one for experiments.
 
-`LanguageModel.generate` is blocking and thread-safe (one generate at a time per instance), so the
-queue can run it in a worker thread while the event loop stays free.
+Models work in steps (prefill, decode one token, release) on a `RunningBatch`; `generate` and
+`generate_batch` are loops over those steps. Every step is blocking and thread-safe (one step at a
+time per model), so the queue runs them in a worker thread while the event loop stays free.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence as Sequence_
+from dataclasses import dataclass
 from typing import Any
 
 from .generation import Completion, GenerationParams, check_prompt
-
-TokenCallback = Callable[[str], None]
+from .sequence import Sequence, TokenCallback
 
 EMBEDDED = "smollm2-135m"
 TINY = "tiny-random"
 
 
 class LanguageModel(ABC):
-    """What the queue needs from a model. Subclasses implement the underscored methods."""
+    """What the queue needs from a model.
+
+    Two ways in, one code path: whole calls (`generate`, `generate_batch`) are loops over the step
+    interface that the queue's batching engine drives directly (`new_sequence`, then a
+    `RunningBatch`'s `prefill` / `decode` / `release`). Subclasses implement `count_tokens`,
+    `_new_sequence`, `new_batch` and `info`.
+    """
 
     name: str
     max_context: int
 
     def __init__(self) -> None:
-        # One generate at a time: transformers models are not safe to run concurrently,
-        # and a sequential server is the point of this baseline anyway.
+        # One model step at a time: transformers models are not safe to run concurrently. Steps of
+        # different batches (a queue's, a direct generate call's) may interleave; each batch owns its state.
         self._lock = threading.Lock()
 
-    def validate(self, prompt: object, params: GenerationParams) -> int:
-        """Check a request without running it; return its prompt length in tokens.
+    # -- the step interface -----------------------------------------------------------------------
+    def new_sequence(self, prompt: object, params: GenerationParams, *,
+                     on_token: TokenCallback | None = None) -> Sequence:
+        """Check and tokenize a request (once), without running anything.
 
-        Raises ValueError naming the problem. The queue calls this at submit time, so bad
-        input is refused at the door instead of failing inside the worker.
+        Raises ValueError naming the problem, so the queue refuses bad input at the door.
         """
         prompt = check_prompt(prompt)
-        n = self.count_tokens(prompt)
-        if n + params.max_new_tokens > self.max_context:
+        seq = self._new_sequence(prompt, params, on_token)
+        if seq.prompt_tokens + params.max_new_tokens > self.max_context:
             raise ValueError(
-                f"prompt is too long: {n} prompt tokens + max_new_tokens {params.max_new_tokens} "
+                f"prompt is too long: {seq.prompt_tokens} prompt tokens + max_new_tokens {params.max_new_tokens} "
                 f"exceeds the model's context of {self.max_context} tokens"
             )
-        return n
+        return seq
 
+    def validate(self, prompt: object, params: GenerationParams) -> int:
+        """Check a request without running it; return its prompt length in tokens (ValueError if bad)."""
+        return self.new_sequence(prompt, params).prompt_tokens
+
+    @abstractmethod
+    def new_batch(self) -> RunningBatch:
+        """An empty batch of running sequences, with its own KV state."""
+
+    # -- whole calls, as loops over steps -----------------------------------------------------------
     def generate(
         self,
         prompt: str,
@@ -56,26 +74,38 @@ class LanguageModel(ABC):
     ) -> Completion:
         """Generate one completion. `on_token` receives each new piece of text as it is produced."""
         params = GenerationParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
-        self.validate(prompt, params)
-        with self._lock:
-            return self._generate(prompt, params, on_token)
+        return self.run_to_completion([self.new_sequence(prompt, params, on_token=on_token)])[0]
 
     def generate_batch(
         self,
-        prompts: Sequence[str],
+        prompts: Sequence_[str],
         *,
         max_new_tokens: int = 64,
         temperature: float = 0.0,
         seed: int | None = None,
     ) -> list[Completion]:
-        """Generate completions for several prompts in one batched call."""
-        if isinstance(prompts, str) or not isinstance(prompts, Sequence) or not prompts:
+        """Generate completions for several prompts as one static batch: prefill all, decode until all finish.
+
+        Each prompt is its own sequence (a finished one leaves the batch at once); with `seed`,
+        sequence i samples with seed + i, so their samples differ but the run is reproducible.
+        """
+        if isinstance(prompts, str) or not isinstance(prompts, Sequence_) or not prompts:
             raise ValueError("prompts must be a non-empty list of strings")
-        params = GenerationParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
-        for p in prompts:
-            self.validate(p, params)
-        with self._lock:
-            return self._generate_batch(list(prompts), params)
+        seqs = [self.new_sequence(p, GenerationParams(max_new_tokens=max_new_tokens, temperature=temperature,
+                                                      seed=None if seed is None else seed + i))
+                for i, p in enumerate(prompts)]
+        return self.run_to_completion(seqs)
+
+    def run_to_completion(self, seqs: list[Sequence]) -> list[Completion]:
+        """Prefill `seqs` together, then decode until every one has finished."""
+        batch = self.new_batch()
+        try:
+            batch.prefill(seqs)
+            while batch.running:
+                batch.decode()
+        finally:
+            batch.release(batch.running)
+        return [s.completion() for s in seqs]
 
     @abstractmethod
     def count_tokens(self, prompt: str) -> int:
@@ -86,13 +116,96 @@ class LanguageModel(ABC):
         """name, parameters, dtype, device, memory_bytes (and whatever else is useful)."""
 
     @abstractmethod
-    def _generate(self, prompt: str, params: GenerationParams, on_token: TokenCallback | None) -> Completion: ...
-
-    @abstractmethod
-    def _generate_batch(self, prompts: list[str], params: GenerationParams) -> list[Completion]: ...
+    def _new_sequence(self, prompt: str, params: GenerationParams, on_token: TokenCallback | None) -> Sequence: ...
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """What one model step did: when it began, how long it took, and how many tokens of each kind."""
+
+    t: float
+    duration_s: float
+    batch_size: int  # sequences this step ran
+    prefill_tokens: int
+    decode_tokens: int
+    kv_tokens: int = 0  # slots held in the KV cache after the step, padding included
+    pad_tokens: int = 0  # of which padding
+
+
+class RunningBatch(ABC):
+    """Sequences that a model is running now, and their KV state: what continuous batching needs.
+
+    `prefill` adds sequences (each produces its first token), `decode` produces one token for each
+    running sequence (or a subset), and a sequence that finishes leaves the batch at once, freeing
+    its state. Every call holds the model's lock for one step. Not thread-safe itself: one owner.
+    """
+
+    def __init__(self, model: LanguageModel) -> None:
+        self.model = model
+        self.running: list[Sequence] = []
+
+    def prefill(self, seqs: list[Sequence]) -> StepInfo:
+        """Run the prompts of `seqs` (new sequences); each gets its first token."""
+        if not seqs:
+            raise ValueError("prefill() needs at least one sequence")
+        for s in seqs:
+            if s.started is not None:
+                raise ValueError(f"{s!r} was already started")
+        with self.model._lock:
+            t0 = time.perf_counter()
+            for s in seqs:
+                s.started = t0
+            tokens = self._prefill(seqs)
+            return self._done(t0, len(seqs), tokens, 0)
+
+    def decode(self, seqs: list[Sequence] | None = None) -> StepInfo:
+        """One token for each of `seqs` (default: every running sequence)."""
+        todo = list(self.running) if seqs is None else seqs
+        if not todo:
+            raise ValueError("decode() with no running sequences")
+        running = set(map(id, self.running))
+        if any(id(s) not in running for s in todo):
+            raise ValueError("decode() of a sequence that is not running in this batch")
+        with self.model._lock:
+            t0 = time.perf_counter()
+            self._decode(todo)
+            return self._done(t0, len(todo), 0, len(todo))
+
+    def release(self, seqs: list[Sequence]) -> None:
+        """Drop sequences (finished or abandoned) and their KV state. Idempotent."""
+        gone = set(map(id, seqs))
+        keep = [i for i, s in enumerate(self.running) if id(s) not in gone]
+        if len(keep) != len(self.running):
+            self._keep(keep)
+            self.running = [self.running[i] for i in keep]
+
+    def _done(self, t0: float, batch_size: int, prefill_tokens: int, decode_tokens: int) -> StepInfo:
+        self.release([s for s in self.running if s.finished])
+        kv, pad = self.kv_tokens()
+        return StepInfo(t0, time.perf_counter() - t0, batch_size, prefill_tokens, decode_tokens, kv, pad)
+
+    def kv_tokens(self) -> tuple[int, int]:
+        """(slots held in the KV cache, of which padding); (0, 0) for a model without one."""
+        return 0, 0
+
+    def kv_bytes(self) -> int:
+        """Bytes the KV cache holds now."""
+        return 0
+
+    @abstractmethod
+    def _prefill(self, seqs: list[Sequence]) -> int:
+        """Run the prompts, append each first token, add `seqs` to `running`; return prompt tokens run."""
+
+    @abstractmethod
+    def _decode(self, seqs: list[Sequence]) -> None:
+        """Append one token to each of `seqs`."""
+
+    @abstractmethod
+    def _keep(self, indices: list[int]) -> None:
+        """Keep only the KV state of running[i] for i in `indices` (in that order)."""
 
 
 def pick_device(device: str = "auto") -> str:

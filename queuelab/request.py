@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Generator
 
 from .generation import Completion, GenerationParams
+from .sequence import Sequence
 
 
 class RequestStatus(str, Enum):
@@ -86,6 +87,7 @@ class Request:
     error: str | None = None
     tokens_streamed: int = 0  # pieces seen so far while PROCESSING, for live displays
     refusal: str | None = None  # why REJECTED, as a code: invalid_request, queue_full, unavailable
+    sequence: Sequence | None = field(default=None, repr=False)  # its state inside the model, once admitted
     _done: asyncio.Future[None] = field(default=None, repr=False)  # type: ignore[assignment]
     _pieces: asyncio.Queue[str | None] | None = field(default=None, repr=False)
 

@@ -1,8 +1,10 @@
 """`RequestQueue`: an asyncio FIFO in front of one model, served by one worker task.
 
-The worker sleeps on an asyncio.Event until work arrives (no polling), asks the scheduler what to
-run, and runs the model in a thread (`asyncio.to_thread`) so the event loop, and any live panel on
-it, stays responsive while the model computes.
+The worker is a step loop: ask the scheduler for the next step, run it on the model in a thread
+(`asyncio.to_thread`, so the event loop and any live panel on it stay responsive), then postprocess
+on the loop — finished requests complete, failed ones fail. With nothing to do it sleeps on an
+asyncio.Event until work arrives (no polling). The sequential scheduler makes this the one-at-a-time
+baseline; batching schedulers use the same loop.
 
 One model serves one running queue: starting a second queue on the same model stops the first
 (with a warning). That makes the common notebook mistake, re-running a cell that creates and
@@ -24,14 +26,15 @@ from .metrics import (ActiveRequest, Health, Histogram, LatencyLog, QueueStats, 
                       Timeline, preview)
 from .model import LanguageModel
 from .request import Request, RequestStatus
-from .scheduling import Scheduler, SequentialScheduler, WaitingLine
+from .runner import StepOutcome, StepRunner
+from .scheduling import Scheduler, SequentialScheduler, Step, Wait, WaitingLine
 
 S = RequestStatus
 _RUNNING: weakref.WeakKeyDictionary[LanguageModel, RequestQueue] = weakref.WeakKeyDictionary()
 
 
 class RequestQueue:
-    """FIFO request queue with a sequential worker. See the module docstring for the lifecycle."""
+    """FIFO request queue with one worker; `scheduler` decides how requests share the model (default: one at a time)."""
 
     def __init__(
         self,
@@ -74,8 +77,10 @@ class RequestQueue:
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task[None] | None = None
         self._sampler: asyncio.Task[None] | None = None
-        self._started_at = self._stopped_at = None
+        self._started_at: float | None = None
+        self._stopped_at: float | None = None
         self._model_info: dict[str, Any] = {}
+        self._runner = StepRunner(model)
 
     # -- lifecycle ----------------------------------------------------------------------------
     @property
@@ -163,6 +168,8 @@ class RequestQueue:
             self._timers[req.id] = self._loop.call_later(self.request_timeout, self._expire, req)
         assert self._wakeup is not None
         self._wakeup.set()
+        if self.scheduler.admits_while_running:
+            self._runner.interrupt.set()  # a running batch may take it at the next step
         return req
 
     async def generate(self, prompt: Any, **gen_kwargs: Any) -> Completion:
@@ -185,7 +192,9 @@ class RequestQueue:
             }.get(self._state, "queue is stopped")
         try:
             req.params = GenerationParams.from_kwargs(gen_kwargs)
-            req.prompt_tokens = self.model.validate(req.prompt, req.params)
+            # Validated and tokenized once, here; the sequence travels to the model as it is.
+            req.sequence = self.model.new_sequence(req.prompt, req.params, on_token=self._token_callback(req))
+            req.prompt_tokens = req.sequence.prompt_tokens
         except ValueError as e:
             return "invalid_request", f"invalid request: {e}"
         if len(self._waiting) >= self.max_queue_size:
@@ -230,53 +239,58 @@ class RequestQueue:
             self._rates.add(now, completion.completion_tokens)
             self._latency.add(wait=req.wait, service=req.service, ttft=req.ttft, e2e=req.e2e)
 
-    # -- the worker ---------------------------------------------------------------------------
+    # -- the worker: schedule → run the step in the model thread → postprocess on the loop ----------
     async def _work(self) -> None:
-        while batch := await self._next_batch():
-            await self._serve(batch)
+        while step := await self._next_step():
+            outcome = await asyncio.to_thread(self._runner.run, step,
+                                              interruptible=self.scheduler.admits_while_running)
+            self._postprocess(outcome)
 
-    async def _next_batch(self) -> list[Request]:
-        """Wait (without polling) until something is queued; [] once stopping with nothing left."""
+    async def _next_step(self) -> Step | None:
+        """Wait (without polling) until the scheduler has a step; None once stopping with nothing left."""
         assert self._wakeup is not None
-        while not self._waiting:
-            if self._state != "running":
-                return []
+        while True:
+            self._runner.interrupt.clear()  # before deciding: an arrival after this point interrupts the step
+            decision = self.scheduler.schedule(self._waiting, self._runner.running, time.perf_counter())
+            if isinstance(decision, Step) and decision:
+                self._begin(decision)
+                return decision
+            if not self._waiting and not self._runner.running and self._state != "running":
+                return None
+            until = decision.until if isinstance(decision, Wait) else None
+            if until is None and self._waiting and not self._runner.running:
+                raise RuntimeError(f"{self.scheduler!r} waits forever with {len(self._waiting)} requests waiting "
+                                   "and nothing running")
             self._wakeup.clear()
-            await self._wakeup.wait()
-        return self.scheduler.select(self._waiting)
+            timeout = None if until is None else max(0.0, until - time.perf_counter())
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), timeout)
+            except TimeoutError:
+                pass
 
-    async def _serve(self, batch: list[Request]) -> None:
-        started = time.perf_counter()
-        for req in batch:
-            self._move(req, S.PROCESSING, started)
-        try:
-            results = await asyncio.to_thread(self._run_model, batch)
-        except Exception as e:  # the model failed: fail these requests, keep serving
-            error = f"{type(e).__name__}: {e}"
-            now = time.perf_counter()
-            for req in batch:
-                self._move(req, S.FAILED, now, error=error)
-            return
-        for req, (completion, finished) in zip(batch, results):
-            if req.first_token is None:  # a model that did not stream: trust its own measurement
-                req.first_token = min(req.started + completion.ttft_s, finished)
-            self._move(req, S.COMPLETED, finished, completion=completion)
-
-    def _run_model(self, batch: list[Request]) -> list[tuple[Completion, float]]:
-        """Runs in a worker thread. Returns each completion with the clock reading when it ended."""
-        if len(batch) == 1:
-            req = batch[0]
-            assert req.params is not None
-            p = req.params
-            completion = self.model.generate(req.prompt, max_new_tokens=p.max_new_tokens, temperature=p.temperature,
-                                             seed=p.seed, on_token=self._token_callback(req))
-            return [(completion, time.perf_counter())]
-        p = batch[0].params
-        assert p is not None
-        completions = self.model.generate_batch([r.prompt for r in batch], max_new_tokens=p.max_new_tokens,
-                                                temperature=p.temperature, seed=p.seed)
+    def _begin(self, step: Step) -> None:
+        """Check the scheduler's step and move the requests it admits to PROCESSING."""
+        running = set(map(id, self._runner.running))
+        for req in step.prefill:
+            if req.status is not S.QUEUED or req.id in self._waiting:
+                raise RuntimeError(f"{self.scheduler!r} admitted request {req.id} ({req.status}) without taking "
+                                   "it from the waiting line")
+        if any(id(r) not in running for r in step.decode):
+            raise RuntimeError(f"{self.scheduler!r} asked to decode a request that is not running")
         now = time.perf_counter()
-        return [(c, now) for c in completions]
+        for req in step.prefill:
+            self._move(req, S.PROCESSING, now)
+
+    def _postprocess(self, outcome: StepOutcome) -> None:
+        for req in outcome.finished:
+            seq = req.sequence
+            assert seq is not None and seq.finished_at is not None
+            if seq.first_token_at is not None:
+                _stamp_first_token(req, seq.first_token_at)
+            self._move(req, S.COMPLETED, seq.finished_at, completion=seq.completion())
+        now = time.perf_counter()
+        for req in outcome.failed:
+            self._move(req, S.FAILED, now, error=outcome.error)
 
     def _token_callback(self, req: Request) -> Any:
         loop = self._loop
@@ -287,8 +301,10 @@ class RequestQueue:
             # the loop only reads; the loop is woken once per request (first token), not per token,
             # unless the caller asked for the text as a stream.
             req.tokens_streamed += 1
-            if req.tokens_streamed == 1:  # read the clock here, where the token appeared
-                loop.call_soon_threadsafe(_stamp_first_token, req, time.perf_counter())
+            if req.tokens_streamed == 1:  # stamped where the token appeared, in the model thread
+                seq = req.sequence
+                first = seq.first_token_at if seq is not None and seq.first_token_at is not None else time.perf_counter()
+                loop.call_soon_threadsafe(_stamp_first_token, req, first)
             if streaming:
                 loop.call_soon_threadsafe(req.push_piece, piece)
 
@@ -349,6 +365,11 @@ class RequestQueue:
         copying a long history on the event loop.
         """
         return self._timeline.frame(window_s)
+
+    def steps(self):  # -> pandas.DataFrame
+        """One row per model step: t, elapsed, batch_size, prefill_tokens, decode_tokens, duration_s,
+        kv_tokens and pad_tokens (KV-cache slots held after the step, and how many of them are padding)."""
+        return self._runner.steps(self._started_at or 0.0)
 
     @property
     def queue_size(self) -> int:

@@ -1,11 +1,12 @@
-"""`SimulatedModel`: the model interface with no neural network, and service-time distributions.
+"""`SimulatedModel`: the model interface with no neural network; service-time distributions and step costs.
 
-It sleeps in the calling thread for a service time drawn from a distribution you choose, so queueing
-experiments get exact, known service times (the theory's assumptions) and run in milliseconds.
+It sleeps in the calling thread on a schedule you choose — a per-request service time (the theory's
+assumptions) or an engine's step costs (batching) — so experiments run in milliseconds, exactly.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
 import time
@@ -13,8 +14,9 @@ import zlib
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, runtime_checkable
 
-from .generation import Completion, GenerationParams
-from .model import LanguageModel, TokenCallback
+from .generation import GenerationParams
+from .model import LanguageModel, RunningBatch
+from .sequence import Sequence, TokenCallback
 
 _WORDS = ("queue", "token", "wait", "serve", "batch", "model", "latency", "request", "arrive", "depart",
           "server", "load", "time", "first", "in", "out")
@@ -101,6 +103,9 @@ class PerToken:
         return 0.0
 
 
+_DEFAULT_SERVICE: Any = object()  # "not given": 0.1 s, unless step_costs are
+
+
 def as_service_time(value: float | ServiceTime) -> ServiceTime:
     if isinstance(value, ServiceTime):
         return value
@@ -109,25 +114,84 @@ def as_service_time(value: float | ServiceTime) -> ServiceTime:
     return Fixed(value)
 
 
-class SimulatedModel(LanguageModel):
-    """Sleeps for a service time, then returns deterministic text of `max_new_tokens` tokens.
+@dataclass(frozen=True, kw_only=True)
+class StepCosts:
+    """What an engine's steps cost, in seconds.
 
-    Tokens are whitespace-separated words. Timing is honest: tokens are released on a schedule of
-    absolute deadlines, so sleep overshoot does not accumulate over a long answer.
+    Prefilling a sequence of n prompt tokens costs `prefill_base_s + prefill_per_token_s × n`; one
+    decode step over a batch of b sequences costs `decode_base_s + decode_per_seq_s × b` — or, when
+    `decode_table` holds measured (batch size, seconds) points, their linear interpolation (and
+    extrapolation from the last two points), which is what a twin calibrated from a real model uses.
+    """
+
+    decode_base_s: float
+    decode_per_seq_s: float = 0.0
+    prefill_base_s: float = 0.0
+    prefill_per_token_s: float = 0.0
+    decode_table: tuple[tuple[int, float], ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("decode_base_s", "decode_per_seq_s", "prefill_base_s", "prefill_per_token_s"):
+            _check_seconds(name, getattr(self, name))
+        for b, secs in self.decode_table:
+            if isinstance(b, bool) or not isinstance(b, int) or b < 1:
+                raise ValueError(f"decode_table batch sizes must be ints >= 1, got {b!r}")
+            _check_seconds("decode_table seconds", secs)
+        if list(self.decode_table) != sorted(self.decode_table) or len({b for b, _ in self.decode_table}) != len(
+                self.decode_table):
+            raise ValueError("decode_table must be sorted by batch size, one entry per size")
+
+    def prefill(self, prompt_tokens: int) -> float:
+        return self.prefill_base_s + self.prefill_per_token_s * prompt_tokens
+
+    def decode(self, batch_size: int) -> float:
+        t = self.decode_table
+        if not t:
+            return self.decode_base_s + self.decode_per_seq_s * batch_size
+        if len(t) == 1:
+            return t[0][1]
+        sizes = [b for b, _ in t]
+        i = min(max(bisect.bisect_left(sizes, batch_size), 1), len(t) - 1)
+        (b0, s0), (b1, s1) = t[i - 1], t[i]
+        return max(0.0, s0 + (s1 - s0) * (batch_size - b0) / (b1 - b0))
+
+
+class SimulatedModel(LanguageModel):
+    """A model with no neural network: deterministic words, produced on a schedule you choose.
+
+    Two ways to say how long things take:
+
+    - `service_time` (seconds or a distribution): each request's total time at batch size 1, the
+      queueing-theory view. Its tokens come out evenly over that time. In a batch, a decode step
+      takes as long as its slowest member's token: batching is free in this mode (an upper bound).
+    - `step_costs` (`StepCosts`): an engine's view — prefill per prompt token, decode step cost as a
+      function of batch size — so batching experiments behave like a real engine, in milliseconds.
+      `SimulatedModel.calibrated_from(model)` measures these on a real model.
+
+    Timing is honest: steps end on absolute deadlines, so sleep overshoot does not accumulate.
     """
 
     def __init__(
         self,
-        service_time: float | ServiceTime = 0.1,
+        service_time: float | ServiceTime | object = _DEFAULT_SERVICE,
         *,
+        step_costs: StepCosts | None = None,
         seed: int | None = None,
         failure_rate: float = 0.0,
         fail_if: Callable[[str], bool] | None = None,
         max_context: int = 8192,
         name: str = "simulated",
+        count_tokens: Callable[[str], int] | None = None,
+        answer_tokens: Callable[[str], int] | None = None,
     ) -> None:
         super().__init__()
-        self.service_time = as_service_time(service_time)
+        if step_costs is not None:
+            if service_time is not _DEFAULT_SERVICE:
+                raise ValueError("give service_time or step_costs, not both")
+            if not isinstance(step_costs, StepCosts):
+                raise ValueError(f"step_costs must be a StepCosts, got {step_costs!r}")
+        self.step_costs = step_costs
+        self.service_time = as_service_time(0.1 if service_time is _DEFAULT_SERVICE else service_time)
         if not 0.0 <= failure_rate <= 1.0:
             raise ValueError(f"failure_rate must be between 0 and 1, got {failure_rate}")
         self.failure_rate = failure_rate
@@ -135,49 +199,41 @@ class SimulatedModel(LanguageModel):
         self.seed = seed
         self.max_context = max_context
         self.name = name
+        self._count = count_tokens
+        self._answer_tokens = answer_tokens
         self._rng = random.Random(seed)
 
+    @classmethod
+    def calibrated_from(cls, model: LanguageModel, **kwargs: Any) -> SimulatedModel:
+        """A twin of `model` whose step costs are measured on it (see `queuelab.calibration`)."""
+        from .calibration import calibrate
+
+        return calibrate(model, **kwargs)
+
     def count_tokens(self, prompt: str) -> int:
-        return len(prompt.split())
+        return self._count(prompt) if self._count is not None else len(prompt.split())
+
+    def _new_sequence(self, prompt: str, params: GenerationParams, on_token: TokenCallback | None) -> Sequence:
+        return Sequence(prompt, params, prompt_tokens=self.count_tokens(prompt), on_token=on_token)
+
+    def new_batch(self) -> RunningBatch:
+        return _SimulatedBatch(self)
 
     def _should_fail(self, prompt: str) -> bool:
         # Draw from the RNG on every call, so failures do not shift the service times of later requests.
         draw = self._rng.random()
         return draw < self.failure_rate or bool(self.fail_if and self.fail_if(prompt))
 
-    def _words(self, prompt: str, n: int) -> list[str]:
-        start = zlib.crc32(prompt.encode())  # stable across runs, unlike hash()
+    def words(self, prompt: str, n: int) -> list[str]:
+        """The answer to `prompt`: n words, stable across runs (crc32, unlike hash())."""
+        start = zlib.crc32(prompt.encode())
         return [_WORDS[(start + i) % len(_WORDS)] for i in range(n)]
 
-    def _generate(self, prompt: str, params: GenerationParams, on_token: TokenCallback | None) -> Completion:
-        n = params.max_new_tokens
-        t0 = time.perf_counter()
-        fail = self._should_fail(prompt)
-        duration = self.service_time.sample(self._rng, n)
-        if fail:
-            raise SimulatedFailure(f"simulated model failure on prompt {prompt[:30]!r}")
-        words = self._words(prompt, n)
-        first = None
-        for i, word in enumerate(words):
-            _sleep_until(t0 + duration * (i + 1) / n)
-            if first is None:
-                first = time.perf_counter()
-            if on_token is not None:
-                on_token(word if i == 0 else " " + word)
-        t1 = time.perf_counter()
-        return Completion(" ".join(words), self.count_tokens(prompt), n, (first or t1) - t0, t1 - t0, "length")
-
-    def _generate_batch(self, prompts: list[str], params: GenerationParams) -> list[Completion]:
-        # One "forward pass" for the batch: it takes as long as its slowest member.
-        t0 = time.perf_counter()
-        n = params.max_new_tokens
-        durations = [self.service_time.sample(self._rng, n) for _ in prompts]
-        _sleep_until(t0 + max(durations))
-        t1 = time.perf_counter()
-        return [
-            Completion(" ".join(self._words(p, n)), self.count_tokens(p), n, (t1 - t0) / n, t1 - t0, "length")
-            for p in prompts
-        ]
+    def answer_length(self, prompt: str, max_new_tokens: int) -> int:
+        """Tokens the answer has before it stops: its natural length if `answer_tokens` says, capped."""
+        if self._answer_tokens is None:
+            return max_new_tokens
+        return max(1, min(max_new_tokens, int(self._answer_tokens(prompt))))
 
     def info(self) -> dict[str, Any]:
         return {
@@ -187,9 +243,76 @@ class SimulatedModel(LanguageModel):
             "device": "cpu",
             "memory_bytes": 0,
             "max_context": self.max_context,
-            "service_time": repr(self.service_time),
+            "service_time": None if self.step_costs else repr(self.service_time),
+            "step_costs": repr(self.step_costs) if self.step_costs else None,
             "seed": self.seed,
         }
+
+
+class _SimulatedBatch(RunningBatch):
+    """Running simulated sequences; each step sleeps until its deadline."""
+
+    def __init__(self, model: SimulatedModel) -> None:
+        super().__init__(model)
+        self.m = model
+        self._overshoot = 0.0  # how late the last sleep woke up
+        self._slot: dict[int, float] = {}  # service_time mode: seconds per token of each sequence
+        self._length: dict[int, int] = {}  # tokens each sequence will produce before it stops
+
+    def _start(self) -> float:
+        # The next step starts as if the last sleep had woken on time: overshoot does not accumulate
+        # over a long run of steps, while real gaps between steps (a thread hop, idle time) still count.
+        return time.perf_counter() - self._overshoot
+
+    def _sleep(self, start: float, seconds: float) -> None:
+        deadline = start + seconds
+        _sleep_until(deadline)
+        self._overshoot = min(max(0.0, time.perf_counter() - deadline), 0.005)
+
+    def _prefill(self, seqs: list[Sequence]) -> int:
+        start = self._start()
+        m, costs = self.m, self.m.step_costs
+        lengths, slots, failed = {}, {}, None
+        for s in seqs:  # every draw is made, failure or not, so later requests' draws do not shift
+            lengths[id(s)] = n = m.answer_length(s.prompt, s.params.max_new_tokens)
+            if m._should_fail(s.prompt) and failed is None:
+                failed = s
+            if costs is None:
+                slots[id(s)] = m.service_time.sample(m._rng, n) / n
+        if failed is not None:
+            raise SimulatedFailure(f"simulated model failure on prompt {failed.prompt[:30]!r}")
+        self._length.update(lengths)
+        self._slot.update(slots)
+        if costs is None:
+            cost = max(slots.values())
+        else:
+            cost = sum(costs.prefill(s.prompt_tokens) for s in seqs)
+        self._sleep(start, cost)
+        self.running.extend(seqs)
+        self._emit(seqs)
+        return sum(s.prompt_tokens for s in seqs)
+
+    def _decode(self, seqs: list[Sequence]) -> None:
+        start = self._start()
+        costs = self.m.step_costs
+        cost = max(self._slot[id(s)] for s in seqs) if costs is None else costs.decode(len(seqs))
+        self._sleep(start, cost)
+        self._emit(seqs)
+
+    def _emit(self, seqs: list[Sequence]) -> None:
+        now = time.perf_counter()
+        for s in seqs:
+            i = len(s.output_ids)
+            word = _WORDS[(zlib.crc32(s.prompt.encode()) + i) % len(_WORDS)]
+            n = self._length[id(s)]
+            s.append(i, now, eos=i + 1 == n < s.params.max_new_tokens, piece=word if i == 0 else " " + word)
+
+    def _keep(self, indices: list[int]) -> None:
+        kept = {id(self.running[i]) for i in indices}
+        for s in self.running:
+            if id(s) not in kept:
+                self._slot.pop(id(s), None)
+                self._length.pop(id(s), None)
 
 
 def _sleep_until(deadline: float) -> None:

@@ -9,13 +9,12 @@ from typing import Any
 from urllib.parse import urlparse
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
-from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
-from transformers.generation.streamers import BaseStreamer
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, LlamaConfig, LlamaForCausalLM
 
 from . import embedded
-from .generation import Completion, GenerationParams
-from .model import EMBEDDED, TINY, LanguageModel, TokenCallback
+from .generation import GenerationParams
+from .model import EMBEDDED, TINY, LanguageModel, RunningBatch
+from .sequence import Sequence, TokenCallback
 
 
 class TransformersModel(LanguageModel):
@@ -27,6 +26,7 @@ class TransformersModel(LanguageModel):
         self.tokenizer = tokenizer
         self.name = name
         self.max_context = int(getattr(model.config, "max_position_embeddings", 2048))
+        self.device = model.device
         self.eos_id = tokenizer.eos_token_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
         self.load_info = load_info or {}
@@ -43,64 +43,14 @@ class TransformersModel(LanguageModel):
     def count_tokens(self, prompt: str) -> int:
         return len(self.encode(prompt))
 
-    # -- generation -----------------------------------------------------------------------------
-    def _config(self, params: GenerationParams) -> GenerationConfig:
-        sample = params.temperature > 0
-        return GenerationConfig(
-            max_new_tokens=params.max_new_tokens,
-            do_sample=sample,
-            # Pure temperature sampling: no hidden top-k/top-p that a learner did not ask for.
-            temperature=params.temperature if sample else None,
-            top_k=0 if sample else None,
-            top_p=1.0 if sample else None,
-            eos_token_id=self.eos_id,
-            pad_token_id=self.pad_id,
-        )
+    def _new_sequence(self, prompt: str, params: GenerationParams, on_token: TokenCallback | None) -> Sequence:
+        return Sequence(prompt, params, prompt_ids=self.encode(prompt), on_token=on_token, decoder=self._decode_text)
 
-    def _run(self, ids: torch.Tensor, mask: torch.Tensor, params: GenerationParams, streamer: Any) -> tuple[torch.Tensor, float, float]:
-        """Run generate; return (new token ids, ttft_s, duration_s) measured around it."""
-        clock = _FirstTokenClock()
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            if params.temperature > 0 and params.seed is not None:
-                torch.manual_seed(params.seed)  # under the model lock, so runs are reproducible
-            out = self.model.generate(
-                input_ids=ids.to(self.model.device),
-                attention_mask=mask.to(self.model.device),
-                generation_config=self._config(params),
-                stopping_criteria=StoppingCriteriaList([clock]),
-                streamer=streamer,
-            )
-        t1 = time.perf_counter()
-        first = clock.first if clock.first is not None else t1
-        return out[:, ids.shape[1]:].cpu(), first - t0, t1 - t0
+    def _decode_text(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
 
-    def _finish(self, new_ids: list[int], prompt_tokens: int, ttft: float, duration: float) -> Completion:
-        # A sequence ends at its own first EOS (inclusive: producing it cost a forward pass);
-        # what follows in a batch is padding.
-        if self.eos_id in new_ids:
-            new_ids = new_ids[: new_ids.index(self.eos_id) + 1]
-            reason = "stop"
-        else:
-            reason = "length"
-        text = self.tokenizer.decode(new_ids, skip_special_tokens=True)
-        return Completion(text, prompt_tokens, len(new_ids), ttft, duration, reason)
-
-    def _generate(self, prompt: str, params: GenerationParams, on_token: TokenCallback | None) -> Completion:
-        ids = self.encode(prompt)
-        x = torch.tensor([ids])
-        streamer = _TextStreamer(self.tokenizer, on_token, self.eos_id) if on_token else None
-        new, ttft, duration = self._run(x, torch.ones_like(x), params, streamer)
-        return self._finish(new[0].tolist(), len(ids), ttft, duration)
-
-    def _generate_batch(self, prompts: list[str], params: GenerationParams) -> list[Completion]:
-        encoded = [self.encode(p) for p in prompts]
-        width = max(map(len, encoded))
-        # Left padding: every sequence's last prompt token sits in the same column, where decoding starts.
-        ids = torch.tensor([[self.pad_id] * (width - len(e)) + e for e in encoded])
-        mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded])
-        new, ttft, duration = self._run(ids, mask, params, None)
-        return [self._finish(row.tolist(), len(e), ttft, duration) for row, e in zip(new, encoded)]
+    def new_batch(self) -> RunningBatch:
+        return _KVBatch(self)
 
     # -- description ----------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
@@ -117,44 +67,136 @@ class TransformersModel(LanguageModel):
         }
 
 
-class _FirstTokenClock(StoppingCriteria):
-    """Never stops generation; records when the first new token exists (called after each step)."""
+class _KVBatch(RunningBatch):
+    """Running sequences in one left-padded KV cache that rows join and leave between steps.
 
-    def __init__(self) -> None:
-        self.first: float | None = None
+    Row i of the cache holds sequence running[i]; `mask` marks its real slots (1) against padding (0),
+    and `pos` is the position its next token takes. A joining sequence is prefilled alone, in a
+    cache of its own (so the running rows are untouched and its numbers match a batch of one), then
+    its rows are left-padded to the batch's width and concatenated. A leaving sequence's row is
+    dropped, and columns that became padding in every row are trimmed from the left.
 
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        if self.first is None:
-            self.first = time.perf_counter()
-        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+    Explicit position ids matter: without them Llama takes positions from the cache length, which
+    counts padding columns, and silently produces wrong tokens.
+    """
 
+    def __init__(self, model: TransformersModel) -> None:
+        super().__init__(model)
+        self.m = model
+        self.cache: DynamicCache | None = None
+        self.mask = torch.zeros((0, 0), dtype=torch.long, device=model.device)  # (B, W)
+        self.pos = torch.zeros(0, dtype=torch.long, device=model.device)  # (B,)
+        self.last = torch.zeros(0, dtype=torch.long, device=model.device)  # (B,) the input of the next decode
 
-class _TextStreamer(BaseStreamer):
-    """Hands each new piece of decoded text to a callback, holding back incomplete UTF-8."""
+    # -- steps ----------------------------------------------------------------------------------
+    def _prefill(self, seqs: list[Sequence]) -> int:
+        caches, firsts = [], []
+        with torch.inference_mode():
+            for s in seqs:
+                ids = torch.tensor([s.prompt_ids], device=self.m.device)  # (1, L)
+                cache = DynamicCache(config=self.m.model.config)
+                out = self.m.model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
+                s.rng = self._rng(s)
+                firsts.append(self._pick([s], out.logits[:, -1, :])[0])
+                caches.append(cache)
+        self._join(seqs, caches)
+        self._append(seqs, firsts)
+        return sum(s.prompt_tokens for s in seqs)
 
-    def __init__(self, tokenizer: Any, on_token: TokenCallback, eos_id: int | None) -> None:
-        self.tokenizer, self.on_token, self.eos_id = tokenizer, on_token, eos_id
-        self.ids: list[int] = []
-        self.sent = 0
-        self.prompt_seen = False
+    def _decode(self, seqs: list[Sequence]) -> None:
+        active = self._rows(seqs)  # (B,) bool
+        ids = torch.where(active, self.last, self.m.pad_id).unsqueeze(1)  # (B, 1)
+        # A row that sits this step out gets a masked column, so the cache stays rectangular.
+        self.mask = torch.cat([self.mask, active.long().unsqueeze(1)], dim=1)
+        with torch.inference_mode():
+            out = self.m.model(input_ids=ids, attention_mask=self.mask, position_ids=self.pos.unsqueeze(1),
+                               cache=self.cache, use_cache=True)
+        logits = out.logits[:, -1, :]  # (B, V)
+        rows = active.nonzero().squeeze(1).tolist()
+        ordered = [self.running[i] for i in rows]  # the caller's order need not be the rows' order
+        self.pos = self.pos + active.long()
+        self._append(ordered, self._pick(ordered, logits[rows]), rows=rows)
 
-    def put(self, value: torch.Tensor) -> None:
-        if not self.prompt_seen:  # generate() hands the prompt over first
-            self.prompt_seen = True
+    def _keep(self, indices: list[int]) -> None:
+        if not indices:
+            self.cache, self.mask = None, self.mask[:0, :0]
+            self.pos, self.last = self.pos[:0], self.last[:0]
             return
-        self.ids.extend(int(t) for t in value.reshape(-1).tolist() if t != self.eos_id)
-        self._emit(final=False)
+        keep = torch.tensor(indices, device=self.m.device)
+        self.mask, self.pos, self.last = self.mask[keep], self.pos[keep], self.last[keep]
+        # Columns that are padding in every remaining row (a long sequence left) are dropped.
+        lead = int(self.mask.any(dim=0).long().argmax())
+        self.mask = self.mask[:, lead:]
+        assert self.cache is not None
+        for layer in self.cache.layers:
+            layer.keys = layer.keys[keep, :, lead:]  # (B, heads, W, head_dim)
+            layer.values = layer.values[keep, :, lead:]
 
-    def end(self) -> None:
-        self._emit(final=True)
+    # -- helpers --------------------------------------------------------------------------------
+    def _join(self, seqs: list[Sequence], caches: list[DynamicCache]) -> None:
+        lengths = [s.prompt_tokens for s in seqs]
+        width = max([self.mask.shape[1], *lengths])
+        parts_mask = [_left_pad(self.mask, width, dim=1)] + [
+            _left_pad(torch.ones((1, n), dtype=torch.long, device=self.m.device), width, dim=1) for n in lengths]
+        self.mask = torch.cat(parts_mask, dim=0)
+        self.pos = torch.cat([self.pos, torch.tensor(lengths, device=self.m.device)])
+        self.last = torch.cat([self.last, torch.zeros(len(seqs), dtype=torch.long, device=self.m.device)])
+        sources = ([self.cache] if self.cache is not None else []) + caches
+        for i, layer in enumerate(sources[0].layers):  # (B, heads, W, head_dim) per layer
+            layer.keys = torch.cat([_left_pad(c.layers[i].keys, width, 2) for c in sources])
+            layer.values = torch.cat([_left_pad(c.layers[i].values, width, 2) for c in sources])
+        self.cache = sources[0]
+        self.running.extend(seqs)
 
-    def _emit(self, *, final: bool) -> None:
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        if not final and text.endswith("\ufffd"):  # a multi-byte character is still arriving
-            return
-        if len(text) > self.sent:
-            piece, self.sent = text[self.sent:], len(text)
-            self.on_token(piece)
+    def _rows(self, seqs: list[Sequence]) -> torch.Tensor:
+        if len(seqs) == len(self.running):
+            return torch.ones(len(self.running), dtype=torch.bool, device=self.m.device)
+        wanted = set(map(id, seqs))
+        return torch.tensor([id(s) in wanted for s in self.running], device=self.m.device)
+
+    def _rng(self, s: Sequence) -> torch.Generator | None:
+        if s.params.temperature <= 0:
+            return None
+        g = torch.Generator(device=self.m.device)
+        # An unseeded request still samples from its own generator, seeded from torch's global RNG.
+        g.manual_seed(s.params.seed if s.params.seed is not None else int(torch.randint(2**62, ())))
+        return g
+
+    def _pick(self, seqs: list[Sequence], logits: torch.Tensor) -> list[int]:
+        """One token per sequence from its row of logits (n, V): greedy, or sampled with its own generator."""
+        tokens = logits.argmax(dim=-1).tolist()
+        for i, s in enumerate(seqs):
+            if s.params.temperature > 0:
+                probs = torch.softmax(logits[i].float() / s.params.temperature, dim=-1)
+                tokens[i] = int(torch.multinomial(probs, 1, generator=s.rng))
+        return tokens
+
+    def _append(self, seqs: list[Sequence], tokens: list[int], rows: list[int] | None = None) -> None:
+        now = time.perf_counter()
+        index = {id(s): i for i, s in enumerate(self.running)}
+        rows = rows if rows is not None else [index[id(s)] for s in seqs]
+        self.last[rows] = torch.tensor(tokens, device=self.m.device)
+        for s, t in zip(seqs, tokens):
+            s.append(t, now, eos=t == self.m.eos_id)
+
+    # -- occupancy ------------------------------------------------------------------------------
+    def kv_tokens(self) -> tuple[int, int]:
+        return int(self.mask.numel()), int((self.mask == 0).sum())
+
+    def kv_bytes(self) -> int:
+        if self.cache is None:
+            return 0
+        return sum(t.numel() * t.element_size() for layer in self.cache.layers for t in (layer.keys, layer.values))
+
+
+def _left_pad(x: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    """Zero-pad `x` on the left along `dim` to `width`."""
+    missing = width - x.shape[dim]
+    if missing <= 0:
+        return x
+    shape = list(x.shape)
+    shape[dim] = missing
+    return torch.cat([x.new_zeros(shape), x], dim=dim)
 
 
 # -- loaders ------------------------------------------------------------------------------------

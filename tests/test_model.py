@@ -45,14 +45,6 @@ def test_sampling_with_seed_is_reproducible(tiny):
     assert a.text != c.text
 
 
-def test_finish_reason_stop_counts_the_eos_token(tiny):
-    eos = tiny.eos_id
-    c = tiny._finish([5, 6, eos, eos, eos], prompt_tokens=3, ttft=0.1, duration=0.2)
-    assert (c.completion_tokens, c.finish_reason) == (3, "stop")
-    c = tiny._finish([5, 6, 7], prompt_tokens=3, ttft=0.1, duration=0.2)
-    assert (c.completion_tokens, c.finish_reason) == (3, "length")
-
-
 @pytest.mark.parametrize(
     "prompt, kwargs, words",
     [

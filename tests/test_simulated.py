@@ -1,5 +1,6 @@
 import random
 import threading
+from unittest import mock
 import time
 
 import pytest
@@ -82,24 +83,30 @@ def test_bad_failure_rate():
         ql.SimulatedModel(0, failure_rate=1.5)
 
 
-def test_one_generate_at_a_time_across_threads():
+def test_steps_never_overlap_across_threads():
+    """Each thread's generate runs its own batch; the model runs one step at a time."""
     m = ql.SimulatedModel(0.02)
     spans: list[tuple[float, float]] = []
-    original = m._generate
+    batch_class = type(m.new_batch())
+    real_prefill, real_decode = batch_class._prefill, batch_class._decode
 
-    def timed(*args):
-        t0 = time.perf_counter()
-        try:
-            return original(*args)
-        finally:
-            spans.append((t0, time.perf_counter()))
+    def timed(real):
+        def step(self, seqs):
+            t0 = time.perf_counter()
+            try:
+                return real(self, seqs)
+            finally:
+                spans.append((t0, time.perf_counter()))
+        return step
 
-    m._generate = timed
-    threads = [threading.Thread(target=m.generate, args=(f"p{i}",), kwargs={"max_new_tokens": 2}) for i in range(4)]
-    [t.start() for t in threads]
-    [t.join() for t in threads]
+    with mock.patch.object(batch_class, "_prefill", timed(real_prefill)), \
+            mock.patch.object(batch_class, "_decode", timed(real_decode)):
+        threads = [threading.Thread(target=m.generate, args=(f"p{i}",), kwargs={"max_new_tokens": 2})
+                   for i in range(4)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
     spans.sort()
-    assert len(spans) == 4
+    assert len(spans) == 8  # a prefill and a decode step per call
     assert all(prev[1] <= nxt[0] for prev, nxt in zip(spans, spans[1:]))
 
 
