@@ -5,8 +5,11 @@ from .metrics import Percentiles, QueueStats
 from .model import EMBEDDED, TINY, LanguageModel, load_model, pick_device
 from .request import (Request, RequestCancelled, RequestError, RequestFailed, RequestRejected, RequestStatus)
 from .request_queue import RequestQueue
-from .scheduling import Scheduler, SequentialScheduler
-from .simulated import Exponential, Fixed, PerToken, ServiceTime, SimulatedFailure, SimulatedModel
+from .model import RunningBatch, StepInfo
+from .scheduling import (AdaptiveBatchScheduler, ContinuousBatchScheduler, LengthGroupedScheduler, Scheduler,
+                         SequentialScheduler, StaticBatchScheduler, Step, Wait)
+from .sequence import Sequence
+from .simulated import Exponential, Fixed, PerToken, ServiceTime, SimulatedFailure, SimulatedModel, StepCosts
 from .sync import run
 from .profile import by_profile, profile
 
@@ -28,6 +31,8 @@ from .stress_run import StressRun
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdaptiveBatchScheduler", "ContinuousBatchScheduler", "LengthGroupedScheduler", "RunningBatch", "Sequence",
+    "StaticBatchScheduler", "Step", "StepCosts", "StepInfo", "Wait",
     "EMBEDDED", "MAX_NEW_TOKENS_LIMIT", "TINY", "Completion", "Exponential", "Fixed", "GenerationParams",
     "LanguageModel", "PerToken", "Percentiles", "QueueStats", "Request", "RequestCancelled", "RequestError",
     "RequestFailed", "RequestQueue", "RequestRejected", "RequestStatus", "Scheduler", "SequentialScheduler",

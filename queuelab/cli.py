@@ -26,15 +26,35 @@ class CLIError(Exception):
 
 # -- shared helpers -----------------------------------------------------------------------------------
 def make_model(spec: str) -> Any:
-    """'sim:SECONDS' is a SimulatedModel; anything else goes to ql.load_model."""
+    """'sim:SECONDS' is a SimulatedModel with that service time; 'sim-steps:BASE,PER_SEQ[,PER_PROMPT_TOKEN]'
+    one with engine step costs (decode step = BASE + PER_SEQ × batch size); anything else goes to ql.load_model."""
     import queuelab as ql
 
+    if spec.startswith("sim-steps:"):
+        try:
+            parts = [float(x) for x in spec[10:].split(",")]
+            if not 2 <= len(parts) <= 3:
+                raise ValueError("expected BASE,PER_SEQ[,PER_PROMPT_TOKEN] in seconds")
+            costs = ql.StepCosts(decode_base_s=parts[0], decode_per_seq_s=parts[1],
+                                 prefill_per_token_s=parts[2] if len(parts) == 3 else 0.0)
+            return ql.SimulatedModel(step_costs=costs, name=spec)
+        except ValueError as e:
+            raise CLIError(f"--model {spec}: {e}") from None
     if spec.startswith("sim:"):
         try:
             return ql.SimulatedModel(float(spec[4:]), name=spec)
         except ValueError as e:
             raise CLIError(f"--model {spec}: {e}") from None
     return ql.load_model(spec)
+
+
+def make_scheduler(a: argparse.Namespace) -> Any:
+    from .scheduling import make_scheduler as build
+
+    try:
+        return build(a.scheduler, a.max_batch)
+    except ValueError as e:
+        raise CLIError(f"--scheduler {a.scheduler}: {e}") from None
 
 
 def health(url: str, timeout: float = 1.0) -> bool:
@@ -47,7 +67,7 @@ def health(url: str, timeout: float = 1.0) -> bool:
 
 
 @contextlib.contextmanager
-def server_for(url: str | None, model: str, max_queue: int) -> Iterator[str]:
+def server_for(url: str | None, model: str, max_queue: int, extra: list[str] | None = None) -> Iterator[str]:
     """Yield the URL of a running server: the given one, one already running locally, or one we start
     (and stop afterwards, letting it drain) — the seed lesson's "start server if needed"."""
     if url:
@@ -61,7 +81,7 @@ def server_for(url: str | None, model: str, max_queue: int) -> Iterator[str]:
     port = DEFAULT_URL.rsplit(":", 1)[1]
     print(f"queuelab: starting a local server ({model}) on port {port}...", file=sys.stderr)
     proc = subprocess.Popen([sys.executable, "-m", "queuelab", "serve", "--model", model, "--port", port,
-                             "--max-queue", str(max_queue)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                             "--max-queue", str(max_queue), *(extra or [])], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 180  # the first model load on a machine converts it (~25 s)
         while not health(DEFAULT_URL):
@@ -97,8 +117,8 @@ def cmd_serve(a: argparse.Namespace) -> None:
 
     if a.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"queuelab: serving on {a.host}: reachable from other machines", file=sys.stderr)
-    queue = ql.RequestQueue(make_model(a.model), max_queue_size=a.max_queue)
-    print(f"queuelab: serving {queue.model.name} on http://{a.host}:{a.port} (Ctrl-C: "
+    queue = ql.RequestQueue(make_model(a.model), max_queue_size=a.max_queue, scheduler=make_scheduler(a))
+    print(f"queuelab: serving {queue.model.name} with {queue.scheduler!r} on http://{a.host}:{a.port} (Ctrl-C: "
           f"{'cancel queued requests' if a.cancel_on_shutdown else 'finish queued requests'}, then exit)",
           file=sys.stderr)
     serve(queue, host=a.host, port=a.port, drain=not a.cancel_on_shutdown, log_level=a.log_level)
@@ -144,7 +164,10 @@ def cmd_stress(a: argparse.Namespace) -> None:
             return await ql.stress.concurrency(target, users=a.users, n=a.n, **common)
 
     progress = RichWaves(quiet=a.quiet)
-    with server_for(a.url, a.model, a.max_queue) as url:
+    if a.url and (a.scheduler != "sequential" or a.max_batch is not None):
+        raise CLIError("--scheduler and --max-batch configure a server this command starts; not with --url")
+    extra = ["--scheduler", a.scheduler] + (["--max-batch", str(a.max_batch)] if a.max_batch else [])
+    with server_for(a.url, a.model, a.max_queue, extra) as url:
         result = asyncio.run(run(url))
     print(result.report())
     if a.save:
@@ -152,22 +175,30 @@ def cmd_stress(a: argparse.Namespace) -> None:
 
 
 def cmd_bench(a: argparse.Namespace) -> None:
-    import numpy as np
+    import queuelab as ql
+    from .metrics import percentiles
 
     model = make_model(a.model)
+    scheduler = make_scheduler(a)
     model.generate("warm up", max_new_tokens=2)
     prompts = [f"Tell me one fact about the number {i}." for i in range(a.n)]
-    t0 = time.perf_counter()
-    cs = [model.generate(p, max_new_tokens=a.max_tokens) for p in prompts]
-    total = time.perf_counter() - t0
-    tokens = sum(c.completion_tokens for c in cs)
-    ttft = np.array([c.ttft_s for c in cs])
-    dur = np.array([c.duration_s for c in cs])
-    print(f"model {getattr(model, 'name', a.model)}: {a.n} sequential requests, max_new_tokens {a.max_tokens}")
+
+    async def run() -> tuple[list[ql.Request], float]:
+        async with ql.RequestQueue(model, scheduler=scheduler, max_queue_size=a.n) as q:
+            t0 = time.perf_counter()
+            reqs = [q.submit(p, max_new_tokens=a.max_tokens) for p in prompts]
+            await asyncio.gather(*reqs)
+            return reqs, time.perf_counter() - t0
+
+    reqs, total = asyncio.run(run())
+    tokens = sum(r.completion.completion_tokens for r in reqs if r.completion)
+    e2e, ttft = percentiles(r.e2e for r in reqs), percentiles(r.ttft for r in reqs)
+    print(f"model {getattr(model, 'name', a.model)}: {a.n} requests submitted at once, max_new_tokens "
+          f"{a.max_tokens}, {scheduler!r}")
     print(f"throughput: {a.n / total:.2f} req/s, {tokens / total:.1f} tokens/s")
-    print(f"latency: p50 {np.percentile(dur, 50):.2f} s, p99 {np.percentile(dur, 99):.2f} s; "
-          f"TTFT p50 {np.percentile(ttft, 50) * 1e3:.0f} ms")
-    print(f"so one sequential server tops out near {a.n / total:.2f} req/s: a queue forms above that rate")
+    print(f"latency (queueing included): e2e p50 {e2e.p50:.2f} s, p99 {e2e.p99:.2f} s; "
+          f"TTFT p50 {ttft.p50 * 1e3:.0f} ms, p99 {ttft.p99 * 1e3:.0f} ms")
+    print(f"so this server tops out near {a.n / total:.2f} req/s at this length: a queue forms above that rate")
 
 
 # -- argument parsing ------------------------------------------------------------------------------------
@@ -194,11 +225,21 @@ def _positive(kind: type) -> Any:
     return parse
 
 
+def _scheduler_args(p: argparse.ArgumentParser, note: str = "") -> None:
+    from .scheduling import SCHEDULERS
+
+    p.add_argument("--scheduler", default="sequential", choices=list(SCHEDULERS),
+                   help=f"how requests share the model{note} (default: sequential, one at a time)")
+    p.add_argument("--max-batch", type=_positive(int), default=None,
+                   help="largest batch for the batching schedulers (their default if omitted)")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="queuelab", description="Serve a language model behind a FIFO queue, "
                                 "load it, and watch it.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    model_help = "smollm2-135m (default), tiny-random, a local model directory, or sim:SECONDS (simulated)"
+    model_help = ("smollm2-135m (default), tiny-random, a local model directory, sim:SECONDS (simulated service "
+                  "time) or sim-steps:BASE,PER_SEQ (simulated engine: decode step = BASE + PER_SEQ x batch)")
 
     g = sub.add_parser("generate", help="generate one answer, streamed to the terminal")
     g.add_argument("prompt")
@@ -216,6 +257,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--cancel-on-shutdown", action="store_true",
                    help="on Ctrl-C/SIGTERM cancel queued requests instead of finishing them")
     s.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    _scheduler_args(s)
     s.set_defaults(func=cmd_serve)
 
     m = sub.add_parser("monitor", help="live four-panel terminal dashboard of a server's queue")
@@ -243,12 +285,14 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("--seed", type=int, default=0)
     st.add_argument("--save", default=None, help="save the run as JSON (ql.StressRun.load reads it)")
     st.add_argument("--quiet", action="store_true", help="no live table")
+    _scheduler_args(st, " (for a server started by this command)")
     st.set_defaults(func=cmd_stress)
 
-    b = sub.add_parser("bench", help="sequential throughput and latency of the model, no queue")
+    b = sub.add_parser("bench", help="throughput and latency of n requests submitted at once through the queue")
     b.add_argument("--model", default="smollm2-135m", help=model_help)
     b.add_argument("--n", type=_positive(int), default=5)
     b.add_argument("--max-tokens", type=_positive(int), default=32)
+    _scheduler_args(b)
     b.set_defaults(func=cmd_bench)
     return p
 

@@ -255,7 +255,7 @@ def live_plot_html(tl: Any) -> str:
     if len(tl) < 2:
         return "<i>collecting samples…</i>"
     x = tl.t.to_numpy()
-    depth = svg_chart(x, [(tl.queue_depth, "#4c72b0", "queue depth"), (tl.processing, "#c44e52", "processing")],
+    depth = svg_chart(x, [(tl.queue_depth, "#4c72b0", "queue depth"), (tl.processing, "#c44e52", "processing (batch size)")],
                       title="queue depth and processing", step=True)
     rate = svg_chart(x, [(tl.req_per_s, "#55a868", "req/s")], title="completed requests / s (sliding window)")
     return f"<div>{depth}{rate}</div>"

@@ -28,13 +28,21 @@ def stats_rows(s: dict[str, Any]) -> Rows:
             ("e2e p50 / p99", f"{format_seconds(e2e['p50'])} / {format_seconds(e2e['p99'])}")]
 
 
-def active_rows(s: dict[str, Any]) -> Rows | None:
-    """None when nothing is processing."""
-    if not s["active"]:
+def active_rows(s: dict[str, Any], limit: int = 8) -> Rows | None:
+    """None when nothing is processing; one request in detail, or every request of a running batch."""
+    active = s["active"]
+    if not active:
         return None
-    a = s["active"][0]
-    return [("Request", f"#{a['id']}"), ("Prompt", a["prompt_preview"]), ("Elapsed", f"{a['elapsed_s']:.1f} s"),
-            ("Tokens so far", str(a["tokens"]))]
+    if len(active) == 1:
+        a = active[0]
+        return [("Request", f"#{a['id']}"), ("Prompt", a["prompt_preview"]),
+                ("Elapsed", f"{a['elapsed_s']:.1f} s"), ("Tokens so far", str(a["tokens"]))]
+    rows = [("Batch", f"{len(active)} requests running")]
+    rows += [(f"#{a['id']}", f"{a['elapsed_s']:.1f} s · {a['tokens']} tok · {a['prompt_preview'][:24]}")
+             for a in active[:limit]]
+    if len(active) > limit:
+        rows.append(("…", f"{len(active) - limit} more"))
+    return rows
 
 
 def recent_rows(s: dict[str, Any], n: int = 10, preview: int = 28) -> list[dict[str, str]]:

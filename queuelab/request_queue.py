@@ -372,6 +372,11 @@ class RequestQueue:
         return self._runner.steps(self._started_at or 0.0)
 
     @property
+    def step_count(self) -> int:
+        """Model steps run so far (the step log keeps the last 100,000)."""
+        return self._runner.step_count
+
+    @property
     def queue_size(self) -> int:
         return len(self._waiting)
 

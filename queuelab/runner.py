@@ -41,6 +41,7 @@ class StepRunner:
         self.interrupt = threading.Event()
         self._log: deque[StepInfo] = deque(maxlen=max_steps)
         self._log_lock = threading.Lock()  # the loop copies the log while this thread appends
+        self._count = 0
 
     def run(self, step: Step, *, interruptible: bool) -> StepOutcome:
         """Run `step`, then keep decoding every running request until one finishes (or, if
@@ -81,6 +82,7 @@ class StepRunner:
     def _record(self, info: StepInfo) -> None:
         with self._log_lock:
             self._log.append(info)
+            self._count += 1
 
     def steps(self, since: float) -> pd.DataFrame:
         """One row per model step: its start (`t`, and `elapsed` since `since`), batch size, tokens, duration."""
@@ -93,7 +95,7 @@ class StepRunner:
 
     @property
     def step_count(self) -> int:
-        return len(self._log)
+        return self._count
 
 
 def _seq(r: Request):  # -> Sequence

@@ -191,8 +191,12 @@ def prometheus(queue: RequestQueue) -> str:
     lines = [
         "# HELP queuelab_queue_depth Requests waiting in the queue.", "# TYPE queuelab_queue_depth gauge",
         f"queuelab_queue_depth {s.queue_size}",
-        "# HELP queuelab_processing Requests being processed (at most 1 for a sequential queue).",
+        "# HELP queuelab_processing Requests being processed: the running batch size (at most 1 when sequential).",
         "# TYPE queuelab_processing gauge", f"queuelab_processing {s.processing}",
+        "# HELP queuelab_max_batch The scheduler's largest batch.", "# TYPE queuelab_max_batch gauge",
+        f"queuelab_max_batch {queue.scheduler.max_batch}",
+        "# HELP queuelab_model_steps_total Model steps run (prefill or decode).",
+        "# TYPE queuelab_model_steps_total counter", f"queuelab_model_steps_total {queue.step_count}",
         "# HELP queuelab_requests_total Requests by final state (submitted counts every request).",
         "# TYPE queuelab_requests_total counter",
     ]

@@ -202,6 +202,7 @@ class SimulatedModel(LanguageModel):
         self._count = count_tokens
         self._answer_tokens = answer_tokens
         self._rng = random.Random(seed)
+        self.calibration: Any = None  # what calibrated_from measured, if it made this twin
 
     @classmethod
     def calibrated_from(cls, model: LanguageModel, **kwargs: Any) -> SimulatedModel:

@@ -319,17 +319,50 @@ ops = st.lists(
 )
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SCHEDULERS = {
+    "sequential": ql.SequentialScheduler,
+    "static": lambda: ql.StaticBatchScheduler(max_batch=3, max_wait_s=0.002),
+    "length-grouped": lambda: ql.LengthGroupedScheduler(max_batch=3, max_wait_s=0.001, window=4),
+    "continuous": lambda: ql.ContinuousBatchScheduler(max_batch=3),
+    "continuous-tokens": lambda: ql.ContinuousBatchScheduler(max_batch=4, max_batch_tokens=12),
+    "adaptive": lambda: ql.AdaptiveBatchScheduler(min_batch=1, max_batch=4),
+}
+
+
+def assert_batch_limits(reqs, scheduler):
+    """At no instant more than max_batch requests process; admission order where the policy promises it."""
+    served = [r for r in reqs if r.started is not None]
+    events = sorted([(r.started, 1) for r in served] + [(r.finished, -1) for r in served], key=lambda e: (e[0], e[1]))
+    level = peak = 0
+    for _, d in events:
+        level += d
+        peak = max(peak, level)
+    assert peak <= scheduler.max_batch
+    if not isinstance(scheduler, ql.LengthGroupedScheduler):  # length grouping reorders on purpose
+        by_start = sorted(served, key=lambda r: (r.started, r.id))
+        assert [r.id for r in by_start] == sorted(r.id for r in served), "not admitted in arrival order"
+    if isinstance(scheduler, ql.StaticBatchScheduler):  # a batch starts only after the previous one ended
+        batches = {}
+        for r in served:
+            batches.setdefault(r.started, []).append(r)
+        spans = sorted((start, max(r.finished for r in b)) for start, b in batches.items())
+        assert all(end <= nxt for (_, end), (nxt, _) in zip(spans, spans[1:]))
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops=ops, drain=st.booleans(), timeout=st.sampled_from([None, 0.003]), fail_rate=st.sampled_from([0, 0.3]),
-       max_size=st.sampled_from([3, 1000]), seed=st.integers(0, 10))
-def test_conservation_every_request_ends_in_exactly_one_terminal_state(ops, drain, timeout, fail_rate, max_size, seed):
+       max_size=st.sampled_from([3, 1000]), seed=st.integers(0, 10), scheduler=st.sampled_from(sorted(SCHEDULERS)),
+       tokens=st.sampled_from([1, 2, 5]))
+def test_conservation_every_request_ends_in_exactly_one_terminal_state(ops, drain, timeout, fail_rate, max_size, seed,
+                                                                      scheduler, tokens):
     async def scenario():
         model = sim(0.002, seed=seed, failure_rate=fail_rate, fail_if=lambda p: "boom" in p, max_context=50)
-        q = await ql.RequestQueue(model, request_timeout=timeout, max_queue_size=max_size).start()
+        q = await ql.RequestQueue(model, request_timeout=timeout, max_queue_size=max_size,
+                                  scheduler=SCHEDULERS[scheduler]()).start()
         reqs = []
         for op, arg in ops:
             if op == "submit":
-                reqs.append(q.submit("word " * 60 if arg == "long" else arg, max_new_tokens=2))
+                reqs.append(q.submit("word " * 60 if arg == "long" else arg, max_new_tokens=tokens))
             elif op == "cancel" and reqs:
                 q.cancel(reqs[arg % len(reqs)])
             elif op == "sleep":
@@ -343,11 +376,15 @@ def test_conservation_every_request_ends_in_exactly_one_terminal_state(ops, drai
     assert s.submitted == len(reqs) == s.completed + s.failed + s.cancelled + s.rejected
     for status in (S.COMPLETED, S.FAILED, S.CANCELLED, S.REJECTED):
         assert sum(r.status is status for r in reqs) == getattr(s, status.value)
-    assert_fifo_one_at_a_time(reqs)
+    if scheduler == "sequential":
+        assert_fifo_one_at_a_time(reqs)
+    assert_batch_limits(reqs, q.scheduler)
     for r in reqs:
         assert_timestamps_ordered(r)
-        assert (r.status is S.REJECTED) == (r.started is None and r.finished == r.arrived and r.error is not None
-                                            and r.status is S.REJECTED)
+        if r.status is S.REJECTED:
+            assert r.started is None and r.finished == r.arrived and r.error is not None
+        if r.status is S.COMPLETED:
+            assert r.completion.completion_tokens == tokens
     if drain:
         assert not any(r.error == "shutdown" for r in reqs)
 

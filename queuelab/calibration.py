@@ -1,0 +1,91 @@
+"""Calibration: measure a real model's step costs and build a `SimulatedModel` twin that has them.
+
+Prefill time is fitted as base + per-token × prompt tokens over prompts of several lengths; decode
+step time is measured at each batch size (median of several steps) and kept as a table, since on a
+CPU it is not quite linear in the batch size.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .generation import GenerationParams
+from .model import LanguageModel
+from .simulated import SimulatedModel, StepCosts
+
+DEFAULT_PROMPTS = (
+    "Hi",
+    "What is a queue?",
+    "Explain in two sentences why a server that handles one request at a time builds a queue under load.",
+    "Write a short story about a bakery on a busy Sunday morning, where the line of customers keeps growing "
+    "while the baker explains to each of them, patiently and at length, how sourdough is made from scratch.",
+)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What was measured: (prompt tokens, prefill seconds) points and (batch size, median decode seconds)."""
+
+    prefill_points: tuple[tuple[int, float], ...]
+    decode_table: tuple[tuple[int, float], ...]
+
+
+def calibrate(model: LanguageModel, *, batch_sizes: Sequence[int] = (1, 2, 4, 8, 16), steps: int = 6,
+              prompts: Sequence[str] = DEFAULT_PROMPTS, repeats: int = 2,
+              answer_tokens: Callable[[str], int] | None = None) -> SimulatedModel:
+    """A `SimulatedModel` whose step costs are measured on `model` (takes seconds on a CPU).
+
+    `answer_tokens(prompt)`: the natural answer length per prompt (e.g. measured greedy lengths), so
+    the twin stops where the real model would; without it the twin always runs to max_new_tokens.
+    The measurements are kept on the twin as `twin.calibration`.
+    """
+    if not batch_sizes or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in batch_sizes):
+        raise ValueError(f"batch_sizes must be ints >= 1, got {batch_sizes!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    _prefill_once(model, prompts[0])  # warm-up: first calls pay for allocation and kernel selection
+    points = tuple(_prefill_once(model, p) for p in prompts for _ in range(repeats))
+    table = _decode_table(model, sorted(set(batch_sizes)), steps, prompts)
+    lengths = np.array([n for n, _ in points], dtype=float)
+    secs = np.array([s for _, s in points])
+    per_token, base = np.polyfit(lengths, secs, 1) if len(set(lengths)) > 1 else (0.0, float(secs.mean()))
+    sizes = np.array([b for b, _ in table], dtype=float)
+    decode_secs = np.array([s for _, s in table])
+    per_seq, decode_base = np.polyfit(sizes, decode_secs, 1) if len(table) > 1 else (0.0, table[0][1])
+    costs = StepCosts(decode_base_s=max(0.0, float(decode_base)), decode_per_seq_s=max(0.0, float(per_seq)),
+                      prefill_base_s=max(0.0, float(base)), prefill_per_token_s=max(0.0, float(per_token)),
+                      decode_table=table)
+    twin = SimulatedModel(step_costs=costs, max_context=model.max_context, name=f"twin of {model.name}",
+                          count_tokens=model.count_tokens, answer_tokens=answer_tokens)
+    twin.calibration = Calibration(points, table)
+    return twin
+
+
+def _prefill_once(model: LanguageModel, prompt: str) -> tuple[int, float]:
+    seq = model.new_sequence(prompt, GenerationParams(max_new_tokens=2))
+    batch = model.new_batch()
+    info = batch.prefill([seq])
+    batch.release(batch.running)
+    return seq.prompt_tokens, info.duration_s
+
+
+def _decode_table(model: LanguageModel, sizes: list[int], steps: int,
+                  prompts: Sequence[str]) -> tuple[tuple[int, float], ...]:
+    seen: dict[int, list[float]] = defaultdict(list)
+    for b in sizes:
+        # Long answers, so few sequences stop early; a step records the batch size it really had.
+        params = GenerationParams(max_new_tokens=steps + 2)
+        batch = model.new_batch()
+        batch.prefill([model.new_sequence(prompts[i % len(prompts)], params) for i in range(b)])
+        for _ in range(steps):
+            if not batch.running:
+                break
+            info = batch.decode()
+            seen[info.batch_size].append(info.duration_s)
+        batch.release(batch.running)
+    return tuple((b, statistics.median(v)) for b, v in sorted(seen.items()))
