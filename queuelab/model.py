@@ -166,9 +166,10 @@ class RunningBatch(ABC):
         todo = list(self.running) if seqs is None else seqs
         if not todo:
             raise ValueError("decode() with no running sequences")
-        running = set(map(id, self.running))
-        if any(id(s) not in running for s in todo):
-            raise ValueError("decode() of a sequence that is not running in this batch")
+        if seqs is not None and len(seqs) != len(self.running):
+            running = set(map(id, self.running))
+            if any(id(s) not in running for s in todo):
+                raise ValueError("decode() of a sequence that is not running in this batch")
         with self.model._lock:
             t0 = time.perf_counter()
             self._decode(todo)
@@ -183,7 +184,9 @@ class RunningBatch(ABC):
             self.running = [self.running[i] for i in keep]
 
     def _done(self, t0: float, batch_size: int, prefill_tokens: int, decode_tokens: int) -> StepInfo:
-        self.release([s for s in self.running if s.finished])
+        finished = [s for s in self.running if s.finish_reason is not None]
+        if finished:
+            self.release(finished)
         kv, pad = self.kv_tokens()
         return StepInfo(t0, time.perf_counter() - t0, batch_size, prefill_tokens, decode_tokens, kv, pad)
 

@@ -297,14 +297,14 @@ class RequestQueue:
         assert loop is not None
 
         def on_token(piece: str) -> None:
-            # Runs in the model's thread. The count is a plain int that only this thread writes and
-            # the loop only reads; the loop is woken once per request (first token), not per token,
-            # unless the caller asked for the text as a stream.
+            # Runs in the model's thread. `tokens_streamed` and `first_token` are plain values that
+            # only this thread writes (first_token once, the clock reading where the token appeared)
+            # and the loop only reads, so the loop is not woken per token — only for a caller that
+            # asked for the text as a stream.
             req.tokens_streamed += 1
-            if req.tokens_streamed == 1:  # stamped where the token appeared, in the model thread
+            if req.first_token is None:
                 seq = req.sequence
-                first = seq.first_token_at if seq is not None and seq.first_token_at is not None else time.perf_counter()
-                loop.call_soon_threadsafe(_stamp_first_token, req, first)
+                req.first_token = seq.first_token_at if seq is not None and seq.first_token_at else time.perf_counter()
             if streaming:
                 loop.call_soon_threadsafe(req.push_piece, piece)
 

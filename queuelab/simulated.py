@@ -261,8 +261,8 @@ class _SimulatedBatch(RunningBatch):
         self._length: dict[int, int] = {}  # tokens each sequence will produce before it stops
 
     def _start(self) -> float:
-        # The next step starts as if the last sleep had woken on time: overshoot does not accumulate
-        # over a long run of steps, while real gaps between steps (a thread hop, idle time) still count.
+        # While sequences run, the next step starts as if the last sleep had woken on time: overshoot
+        # does not accumulate over a long run of steps, while real gaps (a thread hop) still count.
         return time.perf_counter() - self._overshoot
 
     def _sleep(self, start: float, seconds: float) -> None:
@@ -309,6 +309,8 @@ class _SimulatedBatch(RunningBatch):
             s.append(i, now, eos=i + 1 == n < s.params.max_new_tokens, piece=word if i == 0 else " " + word)
 
     def _keep(self, indices: list[int]) -> None:
+        if not indices:  # an idle engine starts its next step afresh: no debt carried across requests
+            self._overshoot = 0.0
         kept = {id(self.running[i]) for i in indices}
         for s in self.running:
             if id(s) not in kept:
