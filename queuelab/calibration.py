@@ -18,13 +18,13 @@ from .generation import GenerationParams
 from .model import LanguageModel
 from .simulated import SimulatedModel, StepCosts
 
-DEFAULT_PROMPTS = (
-    "Hi",
-    "What is a queue?",
-    "Explain in two sentences why a server that handles one request at a time builds a queue under load.",
-    "Write a short story about a bakery on a busy Sunday morning, where the line of customers keeps growing "
-    "while the baker explains to each of them, patiently and at length, how sourdough is made from scratch.",
-)
+def _default_prompts() -> list[str]:
+    """Eight prompts of the load-test set (seeded), so contexts are as long as in the experiments."""
+    import numpy as np
+
+    from .prompts import choose
+
+    return choose(8, None, np.random.default_rng(0))
 
 
 @dataclass(frozen=True)
@@ -35,8 +35,8 @@ class Calibration:
     decode_table: tuple[tuple[int, float], ...]
 
 
-def calibrate(model: LanguageModel, *, batch_sizes: Sequence[int] = (1, 2, 4, 8, 16), steps: int = 6,
-              prompts: Sequence[str] = DEFAULT_PROMPTS, repeats: int = 2,
+def calibrate(model: LanguageModel, *, batch_sizes: Sequence[int] = (1, 2, 4, 8, 16), steps: int = 8,
+              prompts: Sequence[str] | None = None, repeats: int = 2,
               answer_tokens: Callable[[str], int] | None = None) -> SimulatedModel:
     """A `SimulatedModel` whose step costs are measured on `model` (takes seconds on a CPU).
 
@@ -48,6 +48,7 @@ def calibrate(model: LanguageModel, *, batch_sizes: Sequence[int] = (1, 2, 4, 8,
         raise ValueError(f"batch_sizes must be ints >= 1, got {batch_sizes!r}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    prompts = list(prompts) if prompts else _default_prompts()
     _prefill_once(model, prompts[0])  # warm-up: first calls pay for allocation and kernel selection
     points = tuple(_prefill_once(model, p) for p in prompts for _ in range(repeats))
     table = _decode_table(model, sorted(set(batch_sizes)), steps, prompts)

@@ -12,6 +12,7 @@ from enum import Enum
 from collections.abc import AsyncIterator
 from typing import Any, Generator
 
+from .errors import QueuelabError
 from .generation import Completion, GenerationParams
 from .sequence import Sequence
 
@@ -43,7 +44,7 @@ TRANSITIONS: dict[RequestStatus | None, frozenset[RequestStatus]] = {
 }
 
 
-class RequestError(Exception):
+class RequestError(QueuelabError):
     """Raised by `await request` when a request did not complete. `.request` holds the record."""
 
     def __init__(self, request: Request) -> None:

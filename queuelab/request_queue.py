@@ -19,8 +19,10 @@ import time
 import warnings
 import weakref
 from collections import Counter, OrderedDict, deque
+from enum import Enum
 from typing import Any
 
+from .errors import QueueStateError, SchedulerError
 from .generation import Completion, GenerationParams
 from .metrics import (ActiveRequest, Health, Histogram, LatencyLog, QueueStats, RateWindow, RecentRequest,
                       Timeline, preview)
@@ -30,6 +32,20 @@ from .runner import StepOutcome, StepRunner
 from .scheduling import Scheduler, SequentialScheduler, Step, Wait, WaitingLine
 
 S = RequestStatus
+
+
+class QueueState(str, Enum):
+    """created → running → stopping → stopped; broken if the worker died. Compares equal to its value."""
+
+    CREATED = "created"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    BROKEN = "broken"
+
+    def __str__(self) -> str:
+        return self.value
+
 _RUNNING: weakref.WeakKeyDictionary[LanguageModel, RequestQueue] = weakref.WeakKeyDictionary()
 
 
@@ -71,7 +87,7 @@ class RequestQueue:
         self._latency = LatencyLog()
         self._timeline = Timeline(timeline_max_rows)
         self._lags: deque[float] = deque(maxlen=20)
-        self._state = "created"
+        self._state = QueueState.CREATED
         self._error: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wakeup: asyncio.Event | None = None
@@ -84,20 +100,20 @@ class RequestQueue:
 
     # -- lifecycle ----------------------------------------------------------------------------
     @property
-    def state(self) -> str:
+    def state(self) -> QueueState:
         """created → running → stopping → stopped; broken if the worker died."""
         return self._state
 
     @property
     def running(self) -> bool:
-        return self._state == "running"
+        return self._state is QueueState.RUNNING
 
     async def start(self) -> RequestQueue:
         """Start the worker and the sampler. Idempotent while running."""
-        if self._state == "running":
+        if self._state is QueueState.RUNNING:
             return self
-        if self._state != "created":
-            raise RuntimeError(f"this queue is {self._state} and cannot be restarted: create a new RequestQueue")
+        if self._state is not QueueState.CREATED:
+            raise QueueStateError(f"this queue is {self._state} and cannot be restarted: create a new RequestQueue")
         previous = _RUNNING.get(self.model)
         if previous is not None and previous is not self and previous.running:
             warnings.warn("another RequestQueue was running on this model; stopping it (cancelling what it had "
@@ -107,7 +123,7 @@ class RequestQueue:
         self._model_info = self.model.info()
         self._wakeup = asyncio.Event()
         self._started_at = time.perf_counter()
-        self._state = "running"
+        self._state = QueueState.RUNNING
         _RUNNING[self.model] = self
         self._worker = self._loop.create_task(self._work(), name=f"queuelab-worker-{id(self):x}")
         self._worker.add_done_callback(self._on_worker_exit)
@@ -120,19 +136,19 @@ class RequestQueue:
         The request being processed always finishes: its model call runs in a thread that cannot be
         interrupted safely mid-forward-pass. Idempotent.
         """
-        if self._state == "created":
-            self._state = "stopped"
+        if self._state is QueueState.CREATED:
+            self._state = QueueState.STOPPED
             return
-        if self._state in ("running", "stopping"):
-            self._state = "stopping"
+        if self._state in (QueueState.RUNNING, QueueState.STOPPING):
+            self._state = QueueState.STOPPING
             if not drain:
                 self._cancel_waiting("shutdown")
             assert self._wakeup is not None and self._worker is not None
             self._wakeup.set()
             # shield: interrupting stop() (Ctrl-C in a notebook) must not kill the worker mid-request.
             await asyncio.shield(self._worker)
-            if self._state == "stopping":
-                self._state = "stopped"
+            if self._state is QueueState.STOPPING:
+                self._state = QueueState.STOPPED
         await self._stop_sampler()
         if _RUNNING.get(self.model) is self:
             del _RUNNING[self.model]
@@ -185,10 +201,10 @@ class RequestQueue:
 
     def _admit(self, req: Request, gen_kwargs: dict[str, Any]) -> tuple[str, str] | None:
         """(refusal code, reason) if `req` is refused at the door, or None to admit it."""
-        if self._state != "running":
+        if self._state is not QueueState.RUNNING:
             return "unavailable", {
-                "created": "queue is not started: `await queue.start()` or use `async with queue:`",
-                "broken": f"queue worker died: {self._error}",
+                QueueState.CREATED: "queue is not started: `await queue.start()` or use `async with queue:`",
+                QueueState.BROKEN: f"queue worker died: {self._error}",
             }.get(self._state, "queue is stopped")
         try:
             req.params = GenerationParams.from_kwargs(gen_kwargs)
@@ -205,10 +221,10 @@ class RequestQueue:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            raise RuntimeError("submit() must be called from async code running on the queue's event loop "
+            raise QueueStateError("submit() must be called from async code running on the queue's event loop "
                                "(a notebook cell or a coroutine); scripts: see ql.run()") from None
         if self._loop is not None and loop is not self._loop:
-            raise RuntimeError("this queue was started on a different event loop")
+            raise QueueStateError("this queue was started on a different event loop")
 
     def _expire(self, req: Request) -> None:
         if self._waiting.pop(req.id, None) is not None:
@@ -255,11 +271,11 @@ class RequestQueue:
             if isinstance(decision, Step) and decision:
                 self._begin(decision)
                 return decision
-            if not self._waiting and not self._runner.running and self._state != "running":
+            if not self._waiting and not self._runner.running and self._state is not QueueState.RUNNING:
                 return None
             until = decision.until if isinstance(decision, Wait) else None
             if until is None and self._waiting and not self._runner.running:
-                raise RuntimeError(f"{self.scheduler!r} waits forever with {len(self._waiting)} requests waiting "
+                raise SchedulerError(f"{self.scheduler!r} waits forever with {len(self._waiting)} requests waiting "
                                    "and nothing running")
             self._wakeup.clear()
             timeout = None if until is None else max(0.0, until - time.perf_counter())
@@ -273,10 +289,10 @@ class RequestQueue:
         running = set(map(id, self._runner.running))
         for req in step.prefill:
             if req.status is not S.QUEUED or req.id in self._waiting:
-                raise RuntimeError(f"{self.scheduler!r} admitted request {req.id} ({req.status}) without taking "
+                raise SchedulerError(f"{self.scheduler!r} admitted request {req.id} ({req.status}) without taking "
                                    "it from the waiting line")
         if any(id(r) not in running for r in step.decode):
-            raise RuntimeError(f"{self.scheduler!r} asked to decode a request that is not running")
+            raise SchedulerError(f"{self.scheduler!r} asked to decode a request that is not running")
         now = time.perf_counter()
         for req in step.prefill:
             self._move(req, S.PROCESSING, now)
@@ -320,7 +336,7 @@ class RequestQueue:
         else:
             return  # a normal exit after stop()
         # No silent hang: say what happened, and settle every request the dead worker owned.
-        self._error, self._state = error, "broken"
+        self._error, self._state = error, QueueState.BROKEN
         now = time.perf_counter()
         for req in list(self._active.values()):
             self._move(req, S.FAILED, now, error=f"queue worker died: {error}")

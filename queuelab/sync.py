@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from .errors import QueueStateError
+
 T = TypeVar("T")
 
 
@@ -20,5 +22,5 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     except RuntimeError:
         return asyncio.run(coro)
     coro.close()  # never awaited; close it so Python does not warn about that too
-    raise RuntimeError("ql.run() cannot be used inside a running event loop (Jupyter, async code): "
+    raise QueueStateError("ql.run() cannot be used inside a running event loop (Jupyter, async code): "
                        "use `await ...` instead")

@@ -10,6 +10,7 @@ from urllib.parse import urlparse
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, LlamaConfig, LlamaForCausalLM
+from transformers.cache_utils import DynamicLayer
 
 from . import embedded
 from .generation import GenerationParams
@@ -128,9 +129,8 @@ class _KVBatch(RunningBatch):
         lead = int(self.mask.any(dim=0).long().argmax())
         self.mask = self.mask[:, lead:]
         assert self.cache is not None
-        for layer in self.cache.layers:
-            layer.keys = layer.keys[keep, :, lead:]  # (B, heads, W, head_dim)
-            layer.values = layer.values[keep, :, lead:]
+        for i, layer in enumerate(self.cache.layers):  # (B, heads, W, head_dim)
+            self.cache.layers[i] = _KVLayer(layer.keys[keep, :, lead:], layer.values[keep, :, lead:])
 
     # -- helpers --------------------------------------------------------------------------------
     def _join(self, seqs: list[Sequence], caches: list[DynamicCache]) -> None:
@@ -142,10 +142,11 @@ class _KVBatch(RunningBatch):
         self.pos = torch.cat([self.pos, torch.tensor(lengths, device=self.m.device)])
         self.last = torch.cat([self.last, torch.zeros(len(seqs), dtype=torch.long, device=self.m.device)])
         sources = ([self.cache] if self.cache is not None else []) + caches
-        for i, layer in enumerate(sources[0].layers):  # (B, heads, W, head_dim) per layer
-            layer.keys = torch.cat([_left_pad(c.layers[i].keys, width, 2) for c in sources])
-            layer.values = torch.cat([_left_pad(c.layers[i].values, width, 2) for c in sources])
-        self.cache = sources[0]
+        cache = sources[0]
+        for i in range(len(cache.layers)):  # (B, heads, W, head_dim) per layer
+            cache.layers[i] = _KVLayer(torch.cat([_left_pad(c.layers[i].keys, width, 2) for c in sources]),
+                                       torch.cat([_left_pad(c.layers[i].values, width, 2) for c in sources]))
+        self.cache = cache
         self.running.extend(seqs)
 
     def _rows(self, seqs: list[Sequence]) -> torch.Tensor:
@@ -186,7 +187,44 @@ class _KVBatch(RunningBatch):
     def kv_bytes(self) -> int:
         if self.cache is None:
             return 0
-        return sum(t.numel() * t.element_size() for layer in self.cache.layers for t in (layer.keys, layer.values))
+        # What the buffers hold, spare columns included: that is the memory the cache takes.
+        return sum(t.numel() * t.element_size() for layer in self.cache.layers for t in (layer._k, layer._v))
+
+
+class _KVLayer(DynamicLayer):
+    """One layer's keys and values in buffers with spare columns.
+
+    transformers' DynamicLayer appends a decode step's column with torch.cat, which copies the whole
+    cache on every step; here the column is written in place and a view is returned, and the
+    buffer is re-made 32 columns larger when full. (On a 2-core CPU the two measured the same within
+    noise — 156 vs 153 ms per step at batch 16 — the copy matters more where compute is fast.)
+    """
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        super().__init__()
+        self._fill(keys, values)
+
+    def _fill(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        b, h, w, d = keys.shape
+        spare = 32  # a copy every 32 steps instead of every step, for 32 columns of memory
+        self._k = keys.new_empty((b, h, w + spare, d))
+        self._v = values.new_empty((b, h, w + spare, d))
+        self._k[:, :, :w], self._v[:, :, :w] = keys, values
+        self.length = w
+        self.keys, self.values = self._k[:, :, :w], self._v[:, :, :w]
+        self.device, self.is_initialized = keys.device, True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
+               **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        n = key_states.shape[-2]
+        if self.length + n > self._k.shape[2]:
+            self._fill(self.keys, self.values)
+        end = self.length + n
+        self._k[:, :, self.length:end] = key_states
+        self._v[:, :, self.length:end] = value_states
+        self.length = end
+        self.keys, self.values = self._k[:, :, :end], self._v[:, :, :end]
+        return self.keys, self.values
 
 
 def _left_pad(x: torch.Tensor, width: int, dim: int) -> torch.Tensor:

@@ -46,19 +46,38 @@ def test_bad_arguments(args):
         theory.mm1(*args)
 
 
-@pytest.mark.parametrize("service, predict", [
-    (ql.Fixed(0.004), theory.md1),
-    (ql.Exponential(0.004), theory.mm1),
-])
-async def test_a_long_simulated_run_matches_the_prediction(service, predict):
-    rate = 0.6 / 0.004  # ρ = 0.6
+def lindley(arrived: np.ndarray, service: np.ndarray) -> np.ndarray:
+    """Waits of a FIFO single server, replayed exactly: W[n+1] = max(0, W[n] + S[n] - (A[n+1] - A[n]))."""
+    w = np.zeros(len(arrived))
+    for n in range(len(arrived) - 1):
+        w[n + 1] = max(0.0, w[n] + service[n] - (arrived[n + 1] - arrived[n]))
+    return w
+
+
+@pytest.mark.parametrize("service, predict", [(ql.Fixed(0.004), theory.md1), (ql.Exponential(0.004), theory.mm1)])
+def test_the_formulas_match_a_replay_in_virtual_time(service, predict):
+    """Theory against the exact recursion on seeded schedules: no clock, no machine noise."""
+    import random
+
+    rng = np.random.default_rng(4)
+    lam, n = 0.6 / 0.004, 20_000
+    arrived = np.cumsum(rng.exponential(1 / lam, n))
+    draws = random.Random(4)
+    s = np.array([service.sample(draws, 1) for _ in range(n)])
+    waits = lindley(arrived, s)[n // 10:]  # past the warm-up from an empty queue
+    assert waits.mean() == pytest.approx(predict(lam, 0.004).mean_wait, rel=0.1)
+
+
+@pytest.mark.parametrize("service", [ql.Fixed(0.004), ql.Exponential(0.004)])
+async def test_the_queue_behaves_as_the_fifo_server_of_the_theory(service):
+    """A real-clock run through the queue: its waits are what a FIFO single server gives with the
+    arrivals and service times the run itself measured (plus the worker's turnaround), however
+    busy the machine was."""
     async with ql.RequestQueue(ql.SimulatedModel(service, seed=4), max_queue_size=10_000) as q:
-        run = await stress.poisson(q, rate=rate, n=1500, seed=4, max_new_tokens=1, progress=False)
-    r = run.requests
-    measured_service = r.service.mean()  # includes the queue's thread hop, ~0.1 ms
-    lam = (len(r) - 1) / (r.arrived.max() - r.arrived.min())
-    expected = predict(lam, measured_service)
-    assert r.wait.mean() == pytest.approx(expected.mean_wait, rel=0.2)
-    scv = r.service.var() / measured_service**2
-    assert r.wait.mean() == pytest.approx(theory.mg1(lam, measured_service, scv).mean_wait, rel=0.2)
-    assert np.isclose(expected.utilisation, 0.6, rtol=0.1)
+        run = await stress.poisson(q, rate=0.6 / 0.004, n=1500, seed=4, max_new_tokens=1, progress=False)
+    r = run.requests.sort_values("started")
+    # The worker's turnaround between requests (thread hop, bookkeeping), when the next was waiting.
+    busy_gap = (r.started.shift(-1) - r.finished)[r.arrived.shift(-1) < r.finished]
+    replay = lindley(r.arrived.to_numpy(), (r.service + busy_gap.mean()).to_numpy())
+    assert r.wait.mean() == pytest.approx(replay.mean(), rel=0.15, abs=2e-4)
+    assert np.corrcoef(r.wait, replay)[0, 1] > 0.9  # request by request, not only on average
