@@ -30,8 +30,10 @@ ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
 lab: setup
 	$(BIN)/jupyter lab --notebook-dir=notebooks $(ROOT_FLAG)
 
-# Unit tests, then every notebook under nbval in the quick profile (still the real model).
+# Lint and types, unit tests, then every notebook under nbval in the quick profile (still the real model).
 test: setup
+	$(BIN)/ruff check queuelab tests benchmarks tools
+	$(BIN)/mypy
 	QUEUELAB_PROFILE=quick $(BIN)/python -m pytest tests notebooks --nbval-lax \
 		--nbval-sanitize-with notebooks/nbval_sanitize.cfg --nbval-cell-timeout=900
 

@@ -73,9 +73,9 @@ def main() -> None:
             proc.send_signal(2)
             proc.wait(30)
         local = asyncio.run(in_process(kind, a.n))
-        h, l = http.summary["req_per_s"], local.summary["req_per_s"]
+        h, loc = http.summary["req_per_s"], local.summary["req_per_s"]
         print(f"HTTP overhead, {kind} ({a.n} requests, SimulatedModel(0.01), 8 streamed tokens each): "
-              f"in-process {l:.1f} req/s, over HTTP {h:.1f} req/s, ratio {h / l:.3f} (target >= 0.9)")
+              f"in-process {loc:.1f} req/s, over HTTP {h:.1f} req/s, ratio {h / loc:.3f} (target >= 0.9)")
     proc = start_server("sim:0", a.port + 1)
     try:
         cap = asyncio.run(over_http(a.port + 1, "rapid fire", a.n * 3))

@@ -10,8 +10,16 @@ from .metrics import Percentiles, QueueStats
 from .model import EMBEDDED, TINY, LanguageModel, RunningBatch, StepInfo, load_model, pick_device
 from .request import Request, RequestCancelled, RequestError, RequestFailed, RequestRejected, RequestStatus
 from .request_queue import QueueState, RequestQueue
-from .scheduling import (AdaptiveBatchScheduler, ContinuousBatchScheduler, LengthGroupedScheduler, Scheduler,
-                         SequentialScheduler, StaticBatchScheduler, Step, Wait)
+from .scheduling import (
+    AdaptiveBatchScheduler,
+    ContinuousBatchScheduler,
+    LengthGroupedScheduler,
+    Scheduler,
+    SequentialScheduler,
+    StaticBatchScheduler,
+    Step,
+    Wait,
+)
 from .sequence import Sequence
 from .simulated import Exponential, Fixed, PerToken, ServiceTime, SimulatedFailure, SimulatedModel, StepCosts
 from .stress_run import StressRun

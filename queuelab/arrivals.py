@@ -7,16 +7,15 @@ more regular, smaller is burstier. The first request goes at offset 0.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
+
+from .checks import positive
 
 
 def _check_positive(name: str, value: float | None, *, allow_none: bool = True) -> None:
     if value is None and allow_none:
         return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    positive(name, value)
 
 
 def gaps(kind: str, rate: float, count: int, rng: np.random.Generator, burstiness: float = 1.0) -> np.ndarray:

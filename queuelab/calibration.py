@@ -1,4 +1,6 @@
-"""Calibration: measure a real model's step costs and build a `SimulatedModel` twin that has them.
+"""Calibration: measure a real model's step costs and build a `SimulatedModel` twin that has them —
+from isolated steps (`calibrate`, behind `SimulatedModel.calibrated_from`) or from the step log of a
+real run (`fit_steps`, behind `SimulatedModel.fitted_to`).
 
 Prefill time is fitted as base + per-token × prompt tokens over prompts of several lengths; decode
 step time is measured at each batch size (median of several steps) and kept as a table, since on a
@@ -11,12 +13,14 @@ import statistics
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from .generation import GenerationParams
 from .model import LanguageModel
 from .simulated import SimulatedModel, StepCosts
+
 
 def _default_prompts() -> list[str]:
     """Eight prompts of the load-test set (seeded), so contexts are as long as in the experiments."""
@@ -35,7 +39,7 @@ class Calibration:
     decode_table: tuple[tuple[int, float], ...]
 
 
-def calibrate(model: LanguageModel, *, batch_sizes: Sequence[int] = (1, 2, 4, 8, 16), steps: int = 8,
+def calibrate(model: LanguageModel, *, batch_sizes: Sequence[int] = (1, 2, 4, 8, 16), steps: int = 16,
               prompts: Sequence[str] | None = None, repeats: int = 2,
               answer_tokens: Callable[[str], int] | None = None) -> SimulatedModel:
     """A `SimulatedModel` whose step costs are measured on `model` (takes seconds on a CPU).
@@ -90,3 +94,31 @@ def _decode_table(model: LanguageModel, sizes: list[int], steps: int,
             seen[info.batch_size].append(info.duration_s)
         batch.release(batch.running)
     return tuple((b, statistics.median(v)) for b, v in sorted(seen.items()))
+
+
+def fit_steps(steps: Any, like: LanguageModel, *, min_samples: int = 3,
+              answer_tokens: Callable[[str], int] | None = None) -> SimulatedModel:
+    """A twin fitted to the steps a real run recorded (`queue.steps()`), rather than to isolated steps.
+
+    Decode: the median duration at each batch size seen at least `min_samples` times. Prefill: a
+    least-squares fit of duration = base × sequences + per_token × prompt tokens over the prefill steps.
+    Steps measured inside a loaded run include what isolated steps miss (longer contexts, a busier
+    machine), so a twin fitted to one run predicts the next run under the same conditions better.
+    """
+    decode = steps[steps.decode_tokens > 0]
+    counts = decode.batch_size.value_counts()
+    sizes = sorted(int(b) for b in counts.index if counts[b] >= min_samples)
+    if not sizes:
+        raise ValueError(f"no batch size has {min_samples} decode steps in this step log")
+    table = tuple((b, float(decode[decode.batch_size == b].duration_s.median())) for b in sizes)
+    prefill = steps[steps.prefill_tokens > 0]
+    base = per_token = 0.0
+    if len(prefill) >= 2:
+        a = np.column_stack([prefill.batch_size.to_numpy(float), prefill.prefill_tokens.to_numpy(float)])
+        (base, per_token), *_ = np.linalg.lstsq(a, prefill.duration_s.to_numpy(), rcond=None)
+    costs = StepCosts(decode_base_s=table[0][1], prefill_base_s=max(0.0, float(base)),
+                      prefill_per_token_s=max(0.0, float(per_token)), decode_table=table)
+    twin = SimulatedModel(step_costs=costs, max_context=like.max_context, name=f"twin of {like.name} (fitted)",
+                          count_tokens=like.count_tokens, answer_tokens=answer_tokens)
+    twin.calibration = Calibration(tuple(zip(prefill.prefill_tokens.astype(int), prefill.duration_s)), table)
+    return twin

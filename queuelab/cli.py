@@ -113,6 +113,7 @@ def cmd_generate(a: argparse.Namespace) -> None:
 
 def cmd_serve(a: argparse.Namespace) -> None:
     import queuelab as ql
+
     from .server import serve
 
     if a.host not in ("127.0.0.1", "localhost", "::1"):
@@ -148,20 +149,16 @@ def cmd_monitor(a: argparse.Namespace) -> None:
 
 
 def cmd_stress(a: argparse.Namespace) -> None:
-    import queuelab as ql
     from .http_target import HTTPTarget
     from .terminal import RichWaves
 
+    experiments = _experiments()
+
     async def run(url: str) -> Any:
         async with HTTPTarget(url, model=a.served_model) as target:
+            experiment, options = experiments[a.experiment]
             common = {"max_new_tokens": a.max_tokens, "seed": a.seed, "progress": progress}
-            if a.experiment == "incremental":
-                return await ql.stress.incremental(target, waves=a.waves, pause_s=a.pause, **common)
-            if a.experiment == "rapid-fire":
-                return await ql.stress.rapid_fire(target, n=a.n, burst_s=a.burst, **common)
-            if a.experiment == "poisson":
-                return await ql.stress.poisson(target, rate=a.rate, duration=a.duration, n=a.n_open, **common)
-            return await ql.stress.concurrency(target, users=a.users, n=a.n, **common)
+            return await experiment(target, **options(a), **common)
 
     progress = RichWaves(quiet=a.quiet)
     if a.url and (a.scheduler != "sequential" or a.max_batch is not None):
@@ -174,8 +171,21 @@ def cmd_stress(a: argparse.Namespace) -> None:
         print(f"saved {result.save(a.save)}")
 
 
+def _experiments() -> dict[str, tuple[Any, Any]]:
+    """CLI name -> (experiment, the options it takes from the arguments): a plain dict, no registry."""
+    from . import stress
+
+    return {
+        "incremental": (stress.incremental, lambda a: {"waves": a.waves, "pause_s": a.pause}),
+        "rapid-fire": (stress.rapid_fire, lambda a: {"n": a.n, "burst_s": a.burst}),
+        "poisson": (stress.poisson, lambda a: {"rate": a.rate, "duration": a.duration, "n": a.n_open}),
+        "concurrency": (stress.concurrency, lambda a: {"users": a.users, "n": a.n}),
+    }
+
+
 def cmd_bench(a: argparse.Namespace) -> None:
     import queuelab as ql
+
     from .metrics import percentiles
 
     model = make_model(a.model)
@@ -192,7 +202,8 @@ def cmd_bench(a: argparse.Namespace) -> None:
 
     reqs, total = asyncio.run(run())
     tokens = sum(r.completion.completion_tokens for r in reqs if r.completion)
-    e2e, ttft = percentiles(r.e2e for r in reqs), percentiles(r.ttft for r in reqs)
+    e2e = percentiles(r.e2e for r in reqs if r.e2e is not None)
+    ttft = percentiles(r.ttft for r in reqs if r.ttft is not None)
     print(f"model {getattr(model, 'name', a.model)}: {a.n} requests submitted at once, max_new_tokens "
           f"{a.max_tokens}, {scheduler!r}")
     print(f"throughput: {a.n / total:.2f} req/s, {tokens / total:.1f} tokens/s")
@@ -268,7 +279,7 @@ def parser() -> argparse.ArgumentParser:
     m.set_defaults(func=cmd_monitor)
 
     st = sub.add_parser("stress", help="run a stress experiment against a server")
-    st.add_argument("experiment", choices=["incremental", "rapid-fire", "poisson", "concurrency"])
+    st.add_argument("experiment", choices=["incremental", "rapid-fire", "poisson", "concurrency"])  # see _experiments
     st.add_argument("--url", default=None, help=f"server URL (default: {DEFAULT_URL}, started if not running)")
     st.add_argument("--model", default="smollm2-135m", help="model for a server started by this command")
     st.add_argument("--served-model", default=None, help="the `model` field to send (for vLLM and others)")

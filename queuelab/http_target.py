@@ -15,7 +15,8 @@ import time
 from typing import Any
 
 from .generation import Completion, GenerationParams
-from .request import Request, RequestStatus as S
+from .request import Request
+from .request import RequestStatus as S
 from .targets import Target
 
 _REFUSALS = {400: "invalid_request", 413: "invalid_request", 422: "invalid_request", 429: "queue_full",

@@ -9,8 +9,9 @@ import bisect
 import itertools
 import math
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -86,7 +87,7 @@ class LatencyLog:
     and cumulative histograms of all of them (for Prometheus, and an all-time mean)."""
 
     def __init__(self, maxlen: int = 10_000) -> None:
-        self._rings = {k: deque(maxlen=maxlen) for k in LATENCY_KINDS}
+        self._rings: dict[str, deque[float]] = {k: deque(maxlen=maxlen) for k in LATENCY_KINDS}
         self.histograms = {k: Histogram() for k in LATENCY_KINDS}
 
     def add(self, **values: float | None) -> None:

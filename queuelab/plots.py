@@ -15,7 +15,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from .request_queue import RequestQueue
-from .stress_run import StressRun, compare as compare_table
+from .stress_run import StressRun
+from .stress_run import compare as compare_table
+
 
 def to_png(fig: Figure, dpi: int = 100) -> bytes:
     """The figure as PNG bytes."""

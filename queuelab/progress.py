@@ -54,7 +54,8 @@ class WaveTally:
     """Running per-wave counts and latencies while an experiment goes (a Progress without a display)."""
 
     def __init__(self) -> None:
-        self.title, self.total, self.closed = "stress run", None, False
+        self.title, self.closed = "stress run", False
+        self.total: int | None = None
         self.waves: dict[int, dict[str, Any]] = {}
         self._wave_of: dict[Request, int] = {}
 
@@ -63,7 +64,7 @@ class WaveTally:
         self.waves, self._wave_of = {}, {}
 
     def sent(self, req: Request, wave: int) -> None:
-        w = self.waves.setdefault(wave, {"sent": 0, "completed": 0, "failed": 0, "first": req.arrived,
+        w = self.waves.setdefault(wave, {"sent": 0, "completed": 0, "not_completed": 0, "first": req.arrived,
                                          "last": None, "e2e": []})
         w["sent"] += 1
         self._wave_of[req] = wave
@@ -71,7 +72,7 @@ class WaveTally:
     def done(self, req: Request) -> None:
         w = self.waves[self._wave_of.pop(req)]
         ok = req.status is RequestStatus.COMPLETED
-        w["completed" if ok else "failed"] += 1
+        w["completed" if ok else "not_completed"] += 1
         w["last"] = req.finished
         if ok and req.e2e is not None:
             w["e2e"].append(req.e2e)
@@ -81,14 +82,14 @@ class WaveTally:
 
     @property
     def done_count(self) -> int:
-        return sum(w["completed"] + w["failed"] for w in self.waves.values())
+        return sum(w["completed"] + w["not_completed"] for w in self.waves.values())
 
     def rows(self) -> list[dict[str, Any]]:
         """wave, sent, done, completed, success_rate, req_per_s, e2e_p50, e2e_p99 so far."""
         out = []
         for k in sorted(self.waves):
             w = self.waves[k]
-            done = w["completed"] + w["failed"]
+            done = w["completed"] + w["not_completed"]
             span = (w["last"] - w["first"]) if w["last"] else math.nan
             p = percentiles(w["e2e"])
             out.append({"wave": k, "sent": w["sent"], "done": done, "completed": w["completed"],

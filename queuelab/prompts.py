@@ -1,24 +1,31 @@
-"""The prompt set for load tests (`data/prompts.jsonl`), and seeded sampling from it."""
+"""The prompt set for load tests, and seeded sampling from it.
+
+The file ships inside the package (`queuelab/data/prompts.jsonl`, read with importlib.resources, so
+an installed wheel has it); `data/prompts.jsonl` at the top of a checkout is a link to it, where
+learners look — one file, not two copies that drift apart.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
 from functools import lru_cache
+from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-PROMPTS_FILE = Path(__file__).resolve().parents[1] / "data" / "prompts.jsonl"
+PROMPTS_FILE = resources.files("queuelab") / "data" / "prompts.jsonl"
 OUTPUT_CLASSES = ("short", "medium", "long")  # expected answer length
 
 
 @lru_cache(maxsize=1)
-def load_prompts(path: Path | str = PROMPTS_FILE) -> tuple[dict, ...]:
+def load_prompts(path: Any = PROMPTS_FILE) -> tuple[dict[str, Any], ...]:
     """Every record: id, kind (question, instruction, creative, code, summary), output class, prompt."""
-    path = Path(path)
+    path = Path(path) if isinstance(path, str) else path
     if not path.is_file():
-        raise FileNotFoundError(f"prompt set not found at {path}: run from a queuelab checkout, or pass prompts=[...]")
+        raise FileNotFoundError(f"prompt set not found at {path}: reinstall queuelab, or pass prompts=[...]")
     return tuple(json.loads(line) for line in path.read_text().splitlines() if line.strip())
 
 

@@ -7,17 +7,17 @@ All timestamps come from one monotonic clock, `time.perf_counter()`, so any two 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Generator
 from dataclasses import dataclass, field
-from enum import Enum
-from collections.abc import AsyncIterator
-from typing import Any, Generator
+from enum import StrEnum
+from typing import Any
 
 from .errors import QueuelabError
 from .generation import Completion, GenerationParams
 from .sequence import Sequence
 
 
-class RequestStatus(str, Enum):
+class RequestStatus(StrEnum):
     QUEUED = "queued"
     PROCESSING = "processing"
     COMPLETED = "completed"
@@ -48,7 +48,7 @@ class RequestError(QueuelabError):
     """Raised by `await request` when a request did not complete. `.request` holds the record."""
 
     def __init__(self, request: Request) -> None:
-        super().__init__(f"request {request.id} {request.status.value}: {request.error}")
+        super().__init__(f"request {request.id} {request.status}: {request.error}")
         self.request = request
 
 
@@ -89,7 +89,7 @@ class Request:
     tokens_streamed: int = 0  # pieces seen so far while PROCESSING, for live displays
     refusal: str | None = None  # why REJECTED, as a code: invalid_request, queue_full, unavailable
     sequence: Sequence | None = field(default=None, repr=False)  # its state inside the model, once admitted
-    _done: asyncio.Future[None] = field(default=None, repr=False)  # type: ignore[assignment]
+    _done: asyncio.Future[None] = field(default=None, repr=False)  # type: ignore[arg-type]  # made in __post_init__
     _pieces: asyncio.Queue[str | None] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -167,6 +167,7 @@ class Request:
         if self.status is RequestStatus.COMPLETED:
             assert self.completion is not None
             return self.completion
+        assert self.status is not None
         raise _ERRORS[self.status](self)
 
     def __await__(self) -> Generator[Any, None, Completion]:

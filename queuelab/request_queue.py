@@ -19,13 +19,22 @@ import time
 import warnings
 import weakref
 from collections import Counter, OrderedDict, deque
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from .errors import QueueStateError, SchedulerError
 from .generation import Completion, GenerationParams
-from .metrics import (ActiveRequest, Health, Histogram, LatencyLog, QueueStats, RateWindow, RecentRequest,
-                      Timeline, preview)
+from .metrics import (
+    ActiveRequest,
+    Health,
+    Histogram,
+    LatencyLog,
+    QueueStats,
+    RateWindow,
+    RecentRequest,
+    Timeline,
+    preview,
+)
 from .model import LanguageModel
 from .request import Request, RequestStatus
 from .runner import StepOutcome, StepRunner
@@ -34,7 +43,7 @@ from .scheduling import Scheduler, SequentialScheduler, Step, Wait, WaitingLine
 S = RequestStatus
 
 
-class QueueState(str, Enum):
+class QueueState(StrEnum):
     """created → running → stopping → stopped; broken if the worker died. Compares equal to its value."""
 
     CREATED = "created"

@@ -15,7 +15,9 @@ from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
+from .checks import non_negative, positive_int
 from .request import Request
 
 # Waiting requests by id, oldest first. An OrderedDict gives O(1) pop-oldest and O(1) removal
@@ -55,16 +57,6 @@ class Scheduler(ABC):
         """Pop the requests to prefill from `waiting`; return the step, or Wait."""
 
 
-def _check_batch(max_batch: object) -> int:
-    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
-        raise ValueError(f"max_batch must be an int >= 1, got {max_batch!r}")
-    return max_batch
-
-
-def _check_wait(max_wait_s: object) -> float:
-    if isinstance(max_wait_s, bool) or not isinstance(max_wait_s, (int, float)) or not 0 <= max_wait_s < float("inf"):
-        raise ValueError(f"max_wait_s must be a finite number of seconds >= 0, got {max_wait_s!r}")
-    return float(max_wait_s)
 
 
 class SequentialScheduler(Scheduler):
@@ -97,8 +89,8 @@ class StaticBatchScheduler(Scheduler):
     admits_while_running = False
 
     def __init__(self, max_batch: int = 8, max_wait_s: float = 0.05) -> None:
-        self.max_batch = _check_batch(max_batch)
-        self.max_wait_s = _check_wait(max_wait_s)
+        self.max_batch = positive_int("max_batch", max_batch)
+        self.max_wait_s = non_negative("max_wait_s", max_wait_s, unit="seconds")
 
     def schedule(self, waiting: WaitingLine, running: Sequence[Request], now: float) -> Step | Wait:
         if running:
@@ -129,7 +121,7 @@ class LengthGroupedScheduler(StaticBatchScheduler):
 
     def __init__(self, max_batch: int = 8, max_wait_s: float = 0.05, window: int = 64) -> None:
         super().__init__(max_batch, max_wait_s)
-        self.window = _check_batch(window)
+        self.window = positive_int("window", window)
 
     def take(self, waiting: WaitingLine) -> list[Request]:
         reqs = list(waiting.values())[: self.window]
@@ -154,9 +146,9 @@ class ContinuousBatchScheduler(Scheduler):
     """
 
     def __init__(self, max_batch: int = 16, max_batch_tokens: int | None = None) -> None:
-        self.max_batch = _check_batch(max_batch)
+        self.max_batch = positive_int("max_batch", max_batch)
         if max_batch_tokens is not None:
-            _check_batch(max_batch_tokens)
+            positive_int("max_batch_tokens", max_batch_tokens)
         self.max_batch_tokens = max_batch_tokens
 
     def schedule(self, waiting: WaitingLine, running: Sequence[Request], now: float) -> Step | Wait:
@@ -190,7 +182,7 @@ class AdaptiveBatchScheduler(ContinuousBatchScheduler):
 
     def __init__(self, min_batch: int = 1, max_batch: int = 32, max_batch_tokens: int | None = None) -> None:
         super().__init__(max_batch, max_batch_tokens)
-        self.min_batch = _check_batch(min_batch)
+        self.min_batch = positive_int("min_batch", min_batch)
         if self.min_batch > self.max_batch:
             raise ValueError(f"min_batch ({min_batch}) must be <= max_batch ({max_batch})")
         self.limit = self.min_batch
@@ -235,4 +227,5 @@ def make_scheduler(name: str, max_batch: int | None = None) -> Scheduler:
         if max_batch not in (None, 1):
             raise ValueError("the sequential scheduler runs one request at a time: max_batch must be 1")
         return cls()
-    return cls(max_batch=max_batch) if max_batch is not None else cls()
+    make: Any = cls  # every batching scheduler takes max_batch; the base class does not say so
+    return make(max_batch=max_batch) if max_batch is not None else make()

@@ -1,7 +1,7 @@
 """An OpenAI-compatible HTTP server in front of a `RequestQueue` (FastAPI + uvicorn, the `server` extra).
 
 Every completion goes through the queue, so the server behaves exactly as the notebooks show:
-FIFO, one request at a time, latency that includes the wait.
+with its scheduler (FIFO one at a time by default, or batched), latency that includes the wait.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from typing import Any
 
 try:
     import uvicorn
-    from fastapi import FastAPI, Request as HTTPRequest
+    from fastapi import FastAPI
+    from fastapi import Request as HTTPRequest
     from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 except ImportError as e:  # pragma: no cover - the server extra is missing
     raise ImportError("the server needs the server extra: pip install 'queuelab[server]' (make lab does it)") from e

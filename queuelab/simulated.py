@@ -7,13 +7,14 @@ assumptions) or an engine's step costs (batching) — so experiments run in mill
 from __future__ import annotations
 
 import bisect
-import math
 import random
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
+from .checks import non_negative
 from .generation import GenerationParams
 from .model import LanguageModel, RunningBatch
 from .sequence import Sequence, TokenCallback
@@ -38,8 +39,7 @@ class ServiceTime(Protocol):
 
 
 def _check_seconds(name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
+    non_negative(name, value, unit="seconds")
 
 
 @dataclass(frozen=True)
@@ -173,7 +173,7 @@ class SimulatedModel(LanguageModel):
 
     def __init__(
         self,
-        service_time: float | ServiceTime | object = _DEFAULT_SERVICE,
+        service_time: float | ServiceTime = _DEFAULT_SERVICE,
         *,
         step_costs: StepCosts | None = None,
         seed: int | None = None,
@@ -210,6 +210,13 @@ class SimulatedModel(LanguageModel):
         from .calibration import calibrate
 
         return calibrate(model, **kwargs)
+
+    @classmethod
+    def fitted_to(cls, steps: Any, like: LanguageModel, **kwargs: Any) -> SimulatedModel:
+        """A twin fitted to a real run's step log (`queue.steps()`) of `like` (see `queuelab.calibration`)."""
+        from .calibration import fit_steps
+
+        return fit_steps(steps, like, **kwargs)
 
     def count_tokens(self, prompt: str) -> int:
         return self._count(prompt) if self._count is not None else len(prompt.split())

@@ -10,15 +10,15 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import itertools
-import math
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import numpy as np
 import pandas as pd
 
 from . import arrivals
+from .checks import non_negative, positive_int
 from .generation import GenerationParams
 from .metrics import TIMELINE_COLUMNS
 from .progress import Progress, as_progress
@@ -108,7 +108,7 @@ async def _experiment(kind: str, target_like: RequestQueue | Target, params: dic
     runner = _Runner(target, gen, total=total, progress=as_progress(progress), desc=kind,
                      on_request_done=on_request_done)
     start = time.perf_counter() + LEAD_S
-    wall = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    wall = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     try:
         await body(runner, start)
         await runner.settle()
@@ -136,18 +136,8 @@ def _gen(max_new_tokens: int, temperature: float) -> GenerationParams:
     return GenerationParams(max_new_tokens=max_new_tokens, temperature=temperature)
 
 
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
-
-
 def _seconds(name: str, value: Any, *, allow_none: bool = False) -> float | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
-    return float(value)
+    return None if value is None and allow_none else non_negative(name, value, unit="seconds")
 
 
 async def _send_on_schedule(runner: _Runner, start: float, offsets: Sequence[float], prompts: list[str],
@@ -174,7 +164,7 @@ async def incremental(queue: RequestQueue | Target, waves: Sequence[int] = (10, 
     after which its still-queued requests are cancelled) before the next starts, `pause_s` later."""
     if isinstance(waves, (str, bytes)) or not isinstance(waves, Sequence) or not waves:
         raise ValueError(f"waves must be a non-empty list of positive ints, got {waves!r}")
-    sizes = [_positive_int("each wave size", w) for w in waves]
+    sizes = [positive_int("each wave size", w) for w in waves]
     timeout = _seconds("wave_timeout", wave_timeout, allow_none=True)
     if timeout == 0:
         raise ValueError("wave_timeout must be > 0 seconds or None")
@@ -208,11 +198,11 @@ async def rapid_fire(queue: RequestQueue | Target, n: int = 100, *, burst_s: flo
                      seed: int = 0, progress: bool | Progress = True, name: str | None = None,
                      on_request_done: DoneCallback | None = None) -> StressRun:
     """n requests as fast as possible (burst_s=0) or spread evenly over burst_s seconds."""
-    n = _positive_int("n", n)
-    burst = _seconds("burst_s", burst_s)
+    n = positive_int("n", n)
+    burst = non_negative("burst_s", burst_s, unit="seconds")
     gen = _gen(max_new_tokens, temperature)
     chosen = choose(n, prompts, np.random.default_rng(seed))
-    offsets = np.arange(n) * (burst / n)
+    offsets = (np.arange(n) * (burst / n)).tolist()
 
     async def body(runner: _Runner, start: float) -> None:
         await _send_on_schedule(runner, start, offsets, chosen)
@@ -221,51 +211,55 @@ async def rapid_fire(queue: RequestQueue | Target, n: int = 100, *, burst_s: flo
                              progress=progress, name=name, on_request_done=on_request_done, body=body)
 
 
+class OpenLoopOptions(TypedDict, total=False):
+    """What every open-loop experiment takes besides its arrival schedule (defaults in `_open_loop`)."""
+
+    seed: int
+    max_new_tokens: int
+    temperature: float
+    prompts: Sequence[str] | None
+    progress: bool | Progress
+    name: str | None
+    on_request_done: DoneCallback | None
+
+
 async def _open_loop(kind: str, queue: RequestQueue | Target, rate: float, duration: float | None, n: int | None,
-                     *, burstiness: float, max_new_tokens: int, temperature: float,
-                     prompts: Sequence[str] | None, seed: int, progress: bool | Progress, name: str | None,
-                     on_request_done: DoneCallback | None) -> StressRun:
+                     *, burstiness: float = 1.0, max_new_tokens: int = 32, temperature: float = 0.0,
+                     prompts: Sequence[str] | None = None, seed: int = 0, progress: bool | Progress = True,
+                     name: str | None = None, on_request_done: DoneCallback | None = None) -> StressRun:
     offsets = arrivals.schedule(kind, rate, duration=duration, n=n, seed=seed, burstiness=burstiness)
     gen = _gen(max_new_tokens, temperature)
     # A separate stream for prompts, so changing the rate does not change which prompts are sent.
     chosen = choose(len(offsets), prompts, np.random.default_rng([seed, 1]))
 
     async def body(runner: _Runner, start: float) -> None:
-        await _send_on_schedule(runner, start, offsets, chosen)
+        await _send_on_schedule(runner, start, offsets.tolist(), chosen)
 
     params = {"rate": rate, "duration": duration, "n": n, "burstiness": burstiness if kind == "gamma" else None}
     return await _experiment(kind, queue, params, gen=gen, seed=seed, total=len(offsets), progress=progress,
                              name=name, on_request_done=on_request_done, body=body)
 
 
-async def poisson(queue: RequestQueue | Target, rate: float, duration: float | None = None, n: int | None = None, *,
-                  seed: int = 0, max_new_tokens: int = 32, temperature: float = 0.0,
-                  prompts: Sequence[str] | None = None, progress: bool | Progress = True, name: str | None = None,
-                  on_request_done: DoneCallback | None = None) -> StressRun:
-    """Open loop, Poisson arrivals at `rate` per second (exponential gaps), for `duration` s or `n` requests."""
-    return await _open_loop("poisson", queue, rate, duration, n, burstiness=1.0, max_new_tokens=max_new_tokens,
-                            temperature=temperature, prompts=prompts, seed=seed, progress=progress, name=name,
-                            on_request_done=on_request_done)
+async def poisson(queue: RequestQueue | Target, rate: float, duration: float | None = None, n: int | None = None,
+                  **options: Unpack[OpenLoopOptions]) -> StressRun:
+    """Open loop, Poisson arrivals at `rate` per second (exponential gaps), for `duration` s or `n` requests.
+
+    Options (all experiments): seed=0, max_new_tokens=32, temperature=0.0, prompts=None (the built-in
+    set), progress=True, name=None, on_request_done=None.
+    """
+    return await _open_loop("poisson", queue, rate, duration, n, **options)
 
 
-async def constant(queue: RequestQueue | Target, rate: float, duration: float | None = None, n: int | None = None, *,
-                   seed: int = 0, max_new_tokens: int = 32, temperature: float = 0.0,
-                   prompts: Sequence[str] | None = None, progress: bool | Progress = True, name: str | None = None,
-                   on_request_done: DoneCallback | None = None) -> StressRun:
-    """Open loop, one request every 1/rate seconds."""
-    return await _open_loop("constant", queue, rate, duration, n, burstiness=1.0, max_new_tokens=max_new_tokens,
-                            temperature=temperature, prompts=prompts, seed=seed, progress=progress, name=name,
-                            on_request_done=on_request_done)
+async def constant(queue: RequestQueue | Target, rate: float, duration: float | None = None, n: int | None = None,
+                   **options: Unpack[OpenLoopOptions]) -> StressRun:
+    """Open loop, one request every 1/rate seconds (options as for `poisson`)."""
+    return await _open_loop("constant", queue, rate, duration, n, **options)
 
 
 async def gamma(queue: RequestQueue | Target, rate: float, duration: float | None = None, n: int | None = None, *,
-                burstiness: float = 1.0, seed: int = 0, max_new_tokens: int = 32, temperature: float = 0.0,
-                prompts: Sequence[str] | None = None, progress: bool | Progress = True, name: str | None = None,
-                on_request_done: DoneCallback | None = None) -> StressRun:
+                burstiness: float = 1.0, **options: Unpack[OpenLoopOptions]) -> StressRun:
     """Open loop, Gamma gaps as in vLLM's serving benchmark: burstiness 1 is Poisson, larger is steadier."""
-    return await _open_loop("gamma", queue, rate, duration, n, burstiness=burstiness, max_new_tokens=max_new_tokens,
-                            temperature=temperature, prompts=prompts, seed=seed, progress=progress, name=name,
-                            on_request_done=on_request_done)
+    return await _open_loop("gamma", queue, rate, duration, n, burstiness=burstiness, **options)
 
 
 async def concurrency(queue: RequestQueue | Target, users: int, n: int, *, max_new_tokens: int = 32,
@@ -273,8 +267,8 @@ async def concurrency(queue: RequestQueue | Target, users: int, n: int, *, max_n
                       progress: bool | Progress = True, name: str | None = None,
                       on_request_done: DoneCallback | None = None) -> StressRun:
     """Closed loop: `users` simulated users, each sending its next request when its last one ends, n in all."""
-    users = _positive_int("users", users)
-    n = _positive_int("n", n)
+    users = positive_int("users", users)
+    n = positive_int("n", n)
     gen = _gen(max_new_tokens, temperature)
     chosen = choose(n, prompts, np.random.default_rng(seed))
     tickets = iter(range(n))

@@ -28,8 +28,8 @@ class StressRun:
     config: dict[str, Any]
     requests: pd.DataFrame
     timeline: pd.DataFrame
-    waves: pd.DataFrame = field(default=None)  # type: ignore[assignment]
-    summary: dict[str, Any] = field(default=None)  # type: ignore[assignment]
+    waves: pd.DataFrame = field(default=None)  # filled in __post_init__
+    summary: dict[str, Any] = field(default=None)  # type: ignore[arg-type]  # computed in __post_init__
 
     def __post_init__(self) -> None:
         if self.waves is None:
@@ -83,7 +83,7 @@ class StressRun:
             f"TTFT  p50 {ms('ttft_p50')}, p90 {ms('ttft_p90')}, p99 {ms('ttft_p99')}",
             f"E2E   p50 {ms('e2e_p50')}, p90 {ms('e2e_p90')}, p99 {ms('e2e_p99')}",
         ]
-        if s["failed"]:
+        if s["not_succeeded"]:
             lines.append("Not completed: " + ", ".join(f"{n} {reason}" for reason, n in s["errors"].items()))
         return "\n".join(lines)
 
@@ -140,7 +140,7 @@ def wave_table(requests: pd.DataFrame) -> pd.DataFrame:
         start, end = _span(df)
         wall = end - start
         rows.append({
-            "wave": int(wave), "sent": len(df), "succeeded": len(ok), "failed": len(df) - len(ok),
+            "wave": int(wave), "sent": len(df), "succeeded": len(ok), "not_succeeded": len(df) - len(ok),
             "success_rate": len(ok) / len(df), "start_s": start - run_start, "wall_s": wall,
             "req_per_s": len(ok) / wall if wall > 0 else math.nan,
             "tokens_per_s": ok.completion_tokens.sum() / wall if wall > 0 else math.nan,
@@ -160,7 +160,7 @@ def summarize(requests: pd.DataFrame, timeline: pd.DataFrame) -> dict[str, Any]:
     dispatch = percentiles(requests.sent_at - requests.scheduled_at)
     errors = Counter(requests.error.dropna())
     s: dict[str, Any] = {
-        "sent": sent, "succeeded": len(ok), "failed": sent - len(ok), "success_rate": len(ok) / sent,
+        "sent": sent, "succeeded": len(ok), "not_succeeded": sent - len(ok), "success_rate": len(ok) / sent,
         **{f"n_{status}": int((requests.status == status).sum())
            for status in ("completed", "failed", "cancelled", "rejected")},
         "total_time_s": total,
@@ -171,15 +171,16 @@ def summarize(requests: pd.DataFrame, timeline: pd.DataFrame) -> dict[str, Any]:
         "dispatch_error_p50_s": dispatch.p50, "dispatch_error_p99_s": dispatch.p99,
         "dispatch_error_max_s": float((requests.sent_at - requests.scheduled_at).max()),
         "peak_queue_depth": peak_depth(requests),
-        **littles_law(requests, timeline, start, end),
+        **measure_littles_law(requests, timeline, start, end),
         "errors": dict(errors.most_common(5)),
     }
     # Plain Python scalars: numpy ones print and compare badly.
     return {k: v.item() if isinstance(v, np.generic) else v for k, v in s.items()}
 
 
-def littles_law(requests: pd.DataFrame, timeline: pd.DataFrame, start: float, end: float) -> dict[str, float]:
-    """L (mean queue depth, sampled by the queue's timeline) against λ·W (from the requests table)."""
+def measure_littles_law(requests: pd.DataFrame, timeline: pd.DataFrame, start: float, end: float) -> dict[str, float]:
+    """Little's law checked on a run: L (mean queue depth, sampled by the queue's timeline) against λ·W
+    (from the requests table). `theory.littles_law` is the solver; this is the measurement."""
     queued = _queue_time(requests)
     total = end - start
     lam_w = (len(queued) / total) * queued.mean() if total > 0 and len(queued) else math.nan

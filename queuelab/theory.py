@@ -13,6 +13,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from .checks import non_negative
+
 
 @dataclass(frozen=True)
 class Prediction:
@@ -38,8 +40,7 @@ class Prediction:
 
 def _check(arrival_rate: float, service_time: float, scv: float = 0.0) -> None:
     for name, v in (("arrival_rate", arrival_rate), ("service_time", service_time), ("scv", scv)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-            raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        non_negative(name, v)
     if service_time == 0:
         raise ValueError("service_time must be > 0")
 

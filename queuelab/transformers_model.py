@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlparse
 
 import torch
@@ -129,7 +129,7 @@ class _KVBatch(RunningBatch):
         lead = int(self.mask.any(dim=0).long().argmax())
         self.mask = self.mask[:, lead:]
         assert self.cache is not None
-        for i, layer in enumerate(self.cache.layers):  # (B, heads, W, head_dim)
+        for i, layer in enumerate(_layers(self.cache)):  # (B, heads, W, head_dim)
             self.cache.layers[i] = _KVLayer(layer.keys[keep, :, lead:], layer.values[keep, :, lead:])
 
     # -- helpers --------------------------------------------------------------------------------
@@ -144,8 +144,8 @@ class _KVBatch(RunningBatch):
         sources = ([self.cache] if self.cache is not None else []) + caches
         cache = sources[0]
         for i in range(len(cache.layers)):  # (B, heads, W, head_dim) per layer
-            cache.layers[i] = _KVLayer(torch.cat([_left_pad(c.layers[i].keys, width, 2) for c in sources]),
-                                       torch.cat([_left_pad(c.layers[i].values, width, 2) for c in sources]))
+            cache.layers[i] = _KVLayer(torch.cat([_left_pad(_layers(c)[i].keys, width, 2) for c in sources]),
+                                       torch.cat([_left_pad(_layers(c)[i].values, width, 2) for c in sources]))
         self.cache = cache
         self.running.extend(seqs)
 
@@ -188,7 +188,7 @@ class _KVBatch(RunningBatch):
         if self.cache is None:
             return 0
         # What the buffers hold, spare columns included: that is the memory the cache takes.
-        return sum(t.numel() * t.element_size() for layer in self.cache.layers for t in (layer._k, layer._v))
+        return sum(t.numel() * t.element_size() for layer in _layers(self.cache) for t in (layer._k, layer._v))
 
 
 class _KVLayer(DynamicLayer):
@@ -218,6 +218,7 @@ class _KVLayer(DynamicLayer):
                **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
         n = key_states.shape[-2]
         if self.length + n > self._k.shape[2]:
+            assert self.keys is not None and self.values is not None
             self._fill(self.keys, self.values)
         end = self.length + n
         self._k[:, :, self.length:end] = key_states
@@ -225,6 +226,11 @@ class _KVLayer(DynamicLayer):
         self.length = end
         self.keys, self.values = self._k[:, :, :end], self._v[:, :, :end]
         return self.keys, self.values
+
+
+def _layers(cache: DynamicCache) -> list[Any]:
+    """The cache's layers: attention layers with .keys and .values (B, heads, W, head_dim) for the models we load."""
+    return list(cache.layers)
 
 
 def _left_pad(x: torch.Tensor, width: int, dim: int) -> torch.Tensor:
@@ -286,7 +292,7 @@ def _tiny_random(dtype: torch.dtype) -> tuple[Any, Any]:
     with torch.random.fork_rng(devices=[]):  # seeded, without disturbing the caller's RNG
         torch.manual_seed(0)
         model = LlamaForCausalLM(config)
-    return model.to(dtype), tok
+    return cast(Any, model).to(dtype), tok
 
 
 def _from_anywhere(name: str, dtype: torch.dtype) -> tuple[Any, Any]:

@@ -205,3 +205,29 @@ def test_calibrated_twin_has_the_real_models_step_costs(tiny):
     assert twin.count_tokens("What is a queue?") == tiny.count_tokens("What is a queue?")
     c = twin.generate("What is a queue?", max_new_tokens=4)
     assert c.duration_s >= twin.step_costs.prefill(c.prompt_tokens) + 3 * twin.step_costs.decode(1) * 0.99
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+async def test_continuous_batching_on_cuda_in_bf16():
+    gpu = ql.load_model("tiny-random", device="cuda", dtype="bfloat16")
+    assert (gpu.info()["device"].startswith("cuda"), gpu.info()["dtype"]) == (True, "bfloat16")
+    prompts = [p["prompt"] for p in load_prompts()][:24]
+    reqs, steps = await serve_all(gpu, ql.ContinuousBatchScheduler(max_batch=8), prompts, max_new_tokens=8,
+                                  temperature=0.7, seed=3)
+    assert all(r.status is S.COMPLETED and r.completion.completion_tokens >= 1 for r in reqs)
+    assert steps.batch_size.max() == 8
+    greedy = await serve_all(gpu, ql.ContinuousBatchScheduler(max_batch=8), prompts[:4], max_new_tokens=8)
+    assert all(r.completion.completion_tokens >= 1 for r in greedy[0])
+
+
+async def test_a_twin_fitted_to_a_run_recovers_its_step_costs():
+    truth = ql.StepCosts(decode_base_s=0.01, decode_per_seq_s=0.002, prefill_per_token_s=0.001)
+    engine = ql.SimulatedModel(step_costs=truth)
+    reqs, steps = await serve_all(engine, ql.ContinuousBatchScheduler(max_batch=4),
+                                  [f"prompt with some words {i}" for i in range(12)], max_new_tokens=6)
+    twin = ql.SimulatedModel.fitted_to(steps, engine)
+    for b, measured in twin.calibration.decode_table:
+        assert measured == pytest.approx(truth.decode(b), rel=0.3, abs=0.002)  # sleeps overshoot a little
+    assert twin.step_costs.prefill(10) == pytest.approx(truth.prefill(10), rel=0.3, abs=0.002)
+    with pytest.raises(ValueError, match="no batch size"):
+        ql.SimulatedModel.fitted_to(steps.iloc[:0], engine)

@@ -9,6 +9,8 @@ from nbclient import NotebookClient
 import queuelab as ql
 from queuelab import stress
 
+from .conftest import wait_until
+
 
 def cell(html: str, label: str) -> str:
     m = re.search(rf"<td>{re.escape(label)}</td><td>(.*?)</td>", html)
@@ -22,7 +24,7 @@ async def test_widgets_hold_the_final_state_and_the_ticker_stops():
     reqs = [q.submit(f"question {i}", max_new_tokens=2) for i in range(6)]
     bad = q.submit("")
     await asyncio.gather(*reqs)
-    await asyncio.sleep(0.25)
+    await wait_until(lambda: cell(dash.panels["stats"].value, "Completed") == "6", what="the panel to show 6 done")
     stats = dash.panels["stats"].value
     assert (cell(stats, "Queue size"), cell(stats, "Processing")) == ("0", "0")
     assert (cell(stats, "Submitted"), cell(stats, "Completed"), cell(stats, "Rejected")) == ("7", "6", "1")
@@ -42,7 +44,8 @@ async def test_active_request_shows_progress():
     async with ql.RequestQueue(ql.SimulatedModel(0.4)) as q:
         dash = ql.Dashboard(q, interval=0.1, plot=False).show()
         req = q.submit("a slow one", max_new_tokens=4)
-        await asyncio.sleep(0.25)
+        await wait_until(lambda: "Tokens so far" in dash.panels["active"].value
+                         and int(cell(dash.panels["active"].value, "Tokens so far")) >= 1)
         active = dash.panels["active"].value
         assert cell(active, "Request") == f"#{req.id}" and cell(active, "Prompt") == "a slow one"
         assert int(cell(active, "Tokens so far")) >= 1
@@ -74,8 +77,8 @@ async def test_showing_again_replaces_the_old_view():
     async with ql.RequestQueue(ql.SimulatedModel(0)) as q:
         first = ql.Dashboard(q, interval=0.1).show()
         second = ql.Dashboard(q, interval=0.1).show()
-        await asyncio.sleep(0.05)
-        assert first.stopped and not second.stopped
+        await wait_until(lambda: first.stopped)
+        assert not second.stopped
     await asyncio.wait_for(asyncio.shield(second._task), 5)
     assert second.stopped
     others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import yaml
 from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 
 from queuelab import embedded
 
@@ -27,8 +28,8 @@ def test_environment_yml_matches_pyproject():
     for dep in env["dependencies"]:
         if isinstance(dep, str) and dep not in ("pip",) and not dep.startswith("python="):
             name = re.match(r"[A-Za-z0-9_.-]+", dep).group(0)
-            conda[name] = dep[len(name):]
-    expected = {CONDA_NAMES.get(r.name, r.name): str(r.specifier) for r in pyproject_requirements()}
+            conda[name] = SpecifierSet(dep[len(name):])
+    expected = {CONDA_NAMES.get(r.name, r.name): r.specifier for r in pyproject_requirements()}
     assert conda == expected
     assert "conda-forge" in env["channels"]
 

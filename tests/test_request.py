@@ -3,7 +3,8 @@ import asyncio
 import pytest
 
 from queuelab.generation import Completion
-from queuelab.request import Request, RequestCancelled, RequestFailed, RequestRejected, RequestStatus as S
+from queuelab.request import Request, RequestCancelled, RequestFailed, RequestRejected
+from queuelab.request import RequestStatus as S
 
 C = Completion("hi", 3, 1, 0.1, 0.2, "stop")
 

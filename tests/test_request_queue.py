@@ -10,6 +10,8 @@ from hypothesis import strategies as st
 import queuelab as ql
 from queuelab import RequestStatus as S
 
+from .conftest import wait_until
+
 
 def sim(service=0.005, **kw) -> ql.SimulatedModel:
     return ql.SimulatedModel(service, **kw)
@@ -61,12 +63,16 @@ async def test_fifo_and_processing_never_above_one():
 async def test_idle_worker_waits_on_an_event_not_a_sleep():
     async with ql.RequestQueue(sim(0)) as q:
         await q.generate("warm up")
-        await asyncio.sleep(0.01)
-        awaiting, chain = q._worker.get_coro(), []
-        while awaiting is not None:  # follow the chain of awaits down to what the worker sleeps on
-            chain.append(getattr(awaiting, "__qualname__", type(awaiting).__name__))
-            awaiting = getattr(awaiting, "cr_await", None)
-        assert "Event.wait" in chain and not any("sleep" in name for name in chain), chain
+
+        def chain():  # follow the chain of awaits down to what the worker sleeps on
+            awaiting, names = q._worker.get_coro(), []
+            while awaiting is not None:
+                names.append(getattr(awaiting, "__qualname__", type(awaiting).__name__))
+                awaiting = getattr(awaiting, "cr_await", None)
+            return names
+
+        await wait_until(lambda: "Event.wait" in chain(), what="the idle worker to wait on its event")
+        assert not any("sleep" in name for name in chain()), chain()
 
 
 async def test_loop_stays_responsive_while_the_model_computes():
@@ -132,8 +138,7 @@ async def test_queued_requests_time_out():
 async def test_cancel_queued_but_not_processing():
     async with ql.RequestQueue(sim(0.05)) as q:
         first, second = q.submit("a"), q.submit("b")
-        await asyncio.sleep(0.01)  # first is processing now
-        assert first.status is S.PROCESSING
+        await wait_until(lambda: first.status is S.PROCESSING)
         assert q.cancel(first) is False
         assert q.cancel(second) is True and q.cancel(second) is False
         with pytest.raises(ql.RequestCancelled, match="cancelled by caller"):
@@ -176,7 +181,7 @@ async def test_stop_drains_or_cancels():
 
     q = await ql.RequestQueue(sim(0.05)).start()
     reqs = [q.submit(f"p{i}") for i in range(5)]
-    await asyncio.sleep(0.01)
+    await wait_until(lambda: reqs[0].status is S.PROCESSING)
     await q.stop(drain=False)
     assert reqs[0].status is S.COMPLETED  # the running one finishes
     assert all(r.status is S.CANCELLED and r.error == "shutdown" for r in reqs[1:])
@@ -228,7 +233,7 @@ async def test_a_second_queue_on_the_same_model_stops_the_first():
 async def test_stats_snapshot():
     async with ql.RequestQueue(sim(0.15)) as q:
         reqs = [q.submit(f"prompt number {i}", max_new_tokens=3) for i in range(4)]
-        await asyncio.sleep(0.03)
+        await wait_until(lambda: q.processing == 1)
         s = q.stats()
         assert (s.queue_size, s.processing, s.submitted) == (3, 1, 4)
         assert s.active[0].id == reqs[0].id and s.active[0].prompt_preview == "prompt number 0"
@@ -250,10 +255,11 @@ async def test_stats_snapshot():
 async def test_timeline_records_and_stays_bounded():
     async with ql.RequestQueue(sim(0.01), sample_interval=0.005, timeline_max_rows=30) as q:
         reqs = [q.submit(f"p{i}") for i in range(10)]
-        await asyncio.sleep(0.02)
+        await wait_until(lambda: q.processing == 1 and len(q.timeline()) >= 2)
         mid = q.timeline()
         await asyncio.gather(*reqs)
-        await asyncio.sleep(0.3)
+        await wait_until(lambda: len(q.timeline()) == 30 and q.timeline().t.iloc[0] > reqs[-1].finished,
+                         what="the ring buffer to hold only rows after the run")
     tl = q.timeline()
     assert len(tl) == 30 and list(tl.columns)[:4] == ["t", "elapsed", "queue_depth", "processing"]
     assert mid["queue_depth"].max() >= 5 and mid["processing"].max() == 1

@@ -154,7 +154,7 @@ def test_stress_over_http_accounts_like_in_process():
     with ServerThread(lambda: ql.RequestQueue(ql.SimulatedModel(0.005))) as srv:
         remote = ql.run(over_http(srv.url))
     local = ql.run(in_process())
-    for key in ("sent", "succeeded", "failed", "completion_tokens"):
+    for key in ("sent", "succeeded", "not_succeeded", "completion_tokens"):
         assert remote.summary[key] == local.summary[key]
     assert list(remote.waves.sent) == list(local.waves.sent) == [3, 5]
     assert list(remote.requests.prompt) == list(local.requests.prompt)

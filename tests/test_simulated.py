@@ -1,7 +1,7 @@
 import random
 import threading
-from unittest import mock
 import time
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings

@@ -9,6 +9,8 @@ import queuelab as ql
 from queuelab import stress
 from queuelab.prompts import OUTPUT_CLASSES, choose, load_prompts
 
+from .conftest import wait_until
+
 
 def sim(service=0.005, **kw):
     return ql.SimulatedModel(service, **kw)
@@ -155,14 +157,14 @@ async def test_a_stopped_queue_gives_rejected_rows_not_a_hang():
     await q.start()
     await q.stop()
     run = await asyncio.wait_for(stress.incremental(q, waves=[2, 3], progress=False), 5)
-    assert (run.requests.status == "rejected").all() and run.summary["failed"] == 5
+    assert (run.requests.status == "rejected").all() and run.summary["not_succeeded"] == 5
     assert run.summary["errors"] == {"queue is stopped": 5}
 
 
 async def test_a_queue_stopping_mid_run_accounts_for_every_request():
     q = await ql.RequestQueue(sim(0.01)).start()
     task = asyncio.create_task(stress.incremental(q, waves=[10, 10, 10], max_new_tokens=1, progress=False))
-    await asyncio.sleep(0.05)
+    await wait_until(lambda: q.stats().completed >= 1 and q.queue_size >= 1, what="the first wave to be served")
     await q.stop(drain=False)
     run = await asyncio.wait_for(task, 5)
     counts = run.requests.status.value_counts().to_dict()
@@ -175,7 +177,7 @@ async def test_full_queue_rejections_count_as_failures_with_reason():
     async with ql.RequestQueue(sim(0.002), max_queue_size=5) as q:
         run = await stress.rapid_fire(q, n=20, max_new_tokens=1, progress=False)
     s = run.summary
-    assert (s["succeeded"], s["failed"], s["n_rejected"]) == (5, 15, 15)
+    assert (s["succeeded"], s["not_succeeded"], s["n_rejected"]) == (5, 15, 15)
     assert s["success_rate"] == 0.25
     assert list(s["errors"]) == ["queue full: 5 requests waiting (max_queue_size=5)"]
 
@@ -183,7 +185,7 @@ async def test_full_queue_rejections_count_as_failures_with_reason():
 async def test_cancelling_the_experiment_cancels_its_queued_requests():
     async with ql.RequestQueue(sim(0.02)) as q:
         task = asyncio.create_task(stress.rapid_fire(q, n=30, max_new_tokens=1, progress=False))
-        await asyncio.sleep(0.05)
+        await wait_until(lambda: q.stats().submitted == 30 and q.queue_size > 0)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
