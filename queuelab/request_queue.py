@@ -32,12 +32,12 @@ from .metrics import (
     QueueStats,
     RateWindow,
     RecentRequest,
-    Timeline,
     preview,
 )
 from .model import LanguageModel
 from .request import Request, RequestStatus
 from .runner import StepOutcome, StepRunner
+from .sampler import Sampler
 from .scheduling import Scheduler, SequentialScheduler, Step, Wait, WaitingLine
 
 S = RequestStatus
@@ -94,14 +94,12 @@ class RequestQueue:
         self._timers: dict[int, asyncio.TimerHandle] = {}
         self._rates = RateWindow(window_s)
         self._latency = LatencyLog()
-        self._timeline = Timeline(timeline_max_rows)
-        self._lags: deque[float] = deque(maxlen=20)
+        self._sampler = Sampler(sample_interval, self._timeline_row, timeline_max_rows)
         self._state = QueueState.CREATED
         self._error: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task[None] | None = None
-        self._sampler: asyncio.Task[None] | None = None
         self._started_at: float | None = None
         self._stopped_at: float | None = None
         self._model_info: dict[str, Any] = {}
@@ -136,7 +134,7 @@ class RequestQueue:
         _RUNNING[self.model] = self
         self._worker = self._loop.create_task(self._work(), name=f"queuelab-worker-{id(self):x}")
         self._worker.add_done_callback(self._on_worker_exit)
-        self._sampler = self._loop.create_task(self._sample(), name=f"queuelab-sampler-{id(self):x}")
+        self._sampler.start(self._loop, name=f"queuelab-sampler-{id(self):x}")
         return self
 
     async def stop(self, drain: bool = True) -> None:
@@ -350,38 +348,20 @@ class RequestQueue:
         for req in list(self._active.values()):
             self._move(req, S.FAILED, now, error=f"queue worker died: {error}")
         self._cancel_waiting(f"queue worker died: {error}")
-        if self._sampler is not None:
-            self._sampler.cancel()
+        self._sampler.cancel()
 
     # -- observation ------------------------------------------------------------------------------
-    async def _sample(self) -> None:
-        """Record a timeline row every `sample_interval`; the lateness of each tick is the loop lag."""
-        due = time.perf_counter()
-        while True:
-            now = time.perf_counter()
-            lag = max(0.0, now - due)
-            self._lags.append(lag)
-            self._record(now, lag)
-            due = max(due + self.sample_interval, now)  # after a long stall, do not burst to catch up
-            await asyncio.sleep(due - time.perf_counter())
-
-    def _record(self, now: float, lag: float) -> None:
+    def _timeline_row(self, now: float, lag: float) -> tuple[float, ...]:
         req_s, tok_s = self._rates.rates(now, self._started_at or now)
         c = self._counts
-        self._timeline.append((now, now - (self._started_at or now), len(self._waiting), len(self._active),
-                               c["submitted"], c["completed"], c["failed"], req_s, tok_s, lag))
+        return (now, now - (self._started_at or now), len(self._waiting), len(self._active),
+                c["submitted"], c["completed"], c["failed"], req_s, tok_s, lag)
 
     async def _stop_sampler(self) -> None:
-        if self._sampler is None:
-            return
-        self._sampler.cancel()
-        try:
-            await self._sampler
-        except asyncio.CancelledError:
-            pass
-        if self._stopped_at is None:
+        await self._sampler.stop()
+        if self._stopped_at is None and self._started_at is not None:
             self._stopped_at = time.perf_counter()
-            self._record(self._stopped_at, 0.0)  # the final state, so plots end where the run ended
+            self._sampler.record(self._stopped_at, 0.0)  # the final state, so plots end where the run ended
 
     def timeline(self, window_s: float | None = None):  # -> pandas.DataFrame
         """One row per sampler tick: t, elapsed, queue_depth, processing, totals, rates, loop lag.
@@ -389,7 +369,7 @@ class RequestQueue:
         `window_s` keeps only the last so many seconds: what a live plot needs, built without
         copying a long history on the event loop.
         """
-        return self._timeline.frame(window_s)
+        return self._sampler.frame(window_s)
 
     def steps(self):  # -> pandas.DataFrame
         """One row per model step: t, elapsed, batch_size, prefill_tokens, decode_tokens, duration_s,
@@ -442,7 +422,7 @@ class RequestQueue:
     def health(self) -> Health:
         """State, worker, loop lag and model: cheap, without the rest of `stats()`."""
         return Health(state=self._state, worker_alive=self._worker is not None and not self._worker.done(),
-                      loop_lag_s=max(self._lags, default=0.0), model=self._model_info, error=self._error)
+                      loop_lag_s=self._sampler.loop_lag_s, model=self._model_info, error=self._error)
 
     def __repr__(self) -> str:
         return (f"<RequestQueue {self._state} model={getattr(self.model, 'name', '?')!r} "
