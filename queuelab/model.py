@@ -54,10 +54,6 @@ class LanguageModel(ABC):
             )
         return seq
 
-    def validate(self, prompt: object, params: GenerationParams) -> int:
-        """Check a request without running it; return its prompt length in tokens (ValueError if bad)."""
-        return self.new_sequence(prompt, params).prompt_tokens
-
     @abstractmethod
     def new_batch(self) -> RunningBatch:
         """An empty batch of running sequences, with its own KV state."""

@@ -25,9 +25,6 @@ class RequestStatus(StrEnum):
     CANCELLED = "cancelled"
     REJECTED = "rejected"
 
-    def __str__(self) -> str:
-        return self.value
-
     @property
     def terminal(self) -> bool:
         return self in TERMINAL

@@ -52,9 +52,6 @@ class QueueState(StrEnum):
     STOPPED = "stopped"
     BROKEN = "broken"
 
-    def __str__(self) -> str:
-        return self.value
-
 _RUNNING: weakref.WeakKeyDictionary[LanguageModel, RequestQueue] = weakref.WeakKeyDictionary()
 
 
@@ -79,7 +76,7 @@ class RequestQueue:
             raise ValueError(f"request_timeout must be > 0 seconds or None, got {request_timeout!r}")
         if not sample_interval > 0:
             raise ValueError(f"sample_interval must be > 0 seconds, got {sample_interval!r}")
-        if not hasattr(model, "generate") or not hasattr(model, "validate"):
+        if not hasattr(model, "generate") or not hasattr(model, "new_sequence"):
             raise ValueError(f"model must be a queuelab LanguageModel (ql.load_model / ql.SimulatedModel), got {model!r}")
         self.model = model
         self.max_queue_size = max_queue_size
@@ -325,9 +322,8 @@ class RequestQueue:
             # and the loop only reads, so the loop is not woken per token — only for a caller that
             # asked for the text as a stream.
             req.tokens_streamed += 1
-            if req.first_token is None:
-                seq = req.sequence
-                req.first_token = seq.first_token_at if seq is not None and seq.first_token_at else time.perf_counter()
+            if req.first_token is None and req.sequence is not None:
+                req.first_token = req.sequence.first_token_at  # set by Sequence.append before any piece
             if streaming:
                 loop.call_soon_threadsafe(req.push_piece, piece)
 

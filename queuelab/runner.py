@@ -17,6 +17,7 @@ import pandas as pd
 from .model import LanguageModel, StepInfo
 from .request import Request
 from .scheduling import Step
+from .sequence import Sequence
 
 STEP_COLUMNS = ("t", "batch_size", "prefill_tokens", "decode_tokens", "duration_s", "kv_tokens", "pad_tokens")
 
@@ -98,6 +99,6 @@ class StepRunner:
         return self._count
 
 
-def _seq(r: Request):  # -> Sequence
+def _seq(r: Request) -> Sequence:
     assert r.sequence is not None, f"request {r.id} has no sequence"
     return r.sequence

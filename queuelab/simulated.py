@@ -232,10 +232,10 @@ class SimulatedModel(LanguageModel):
         draw = self._rng.random()
         return draw < self.failure_rate or bool(self.fail_if and self.fail_if(prompt))
 
-    def words(self, prompt: str, n: int) -> list[str]:
-        """The answer to `prompt`: n words, stable across runs (crc32, unlike hash())."""
-        start = zlib.crc32(prompt.encode())
-        return [_WORDS[(start + i) % len(_WORDS)] for i in range(n)]
+    @staticmethod
+    def word(prompt: str, i: int) -> str:
+        """Word i of the answer to `prompt`, stable across runs (crc32, unlike hash())."""
+        return _WORDS[(zlib.crc32(prompt.encode()) + i) % len(_WORDS)]
 
     def answer_length(self, prompt: str, max_new_tokens: int) -> int:
         """Tokens the answer has before it stops: its natural length if `answer_tokens` says, capped."""
@@ -311,7 +311,7 @@ class _SimulatedBatch(RunningBatch):
         now = time.perf_counter()
         for s in seqs:
             i = len(s.output_ids)
-            word = _WORDS[(zlib.crc32(s.prompt.encode()) + i) % len(_WORDS)]
+            word = self.m.word(s.prompt, i)
             n = self._length[id(s)]
             s.append(i, now, eos=i + 1 == n < s.params.max_new_tokens, piece=word if i == 0 else " " + word)
 

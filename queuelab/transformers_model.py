@@ -174,8 +174,9 @@ class _KVBatch(RunningBatch):
 
     def _append(self, seqs: list[Sequence], tokens: list[int], rows: list[int] | None = None) -> None:
         now = time.perf_counter()
-        index = {id(s): i for i, s in enumerate(self.running)}
-        rows = rows if rows is not None else [index[id(s)] for s in seqs]
+        if rows is None:
+            index = {id(s): i for i, s in enumerate(self.running)}
+            rows = [index[id(s)] for s in seqs]
         self.last[rows] = torch.tensor(tokens, device=self.m.device)
         for s, t in zip(seqs, tokens):
             s.append(t, now, eos=t == self.m.eos_id)
