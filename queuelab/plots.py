@@ -66,7 +66,7 @@ def timeline(source: StressRun | RequestQueue | pd.DataFrame, *, size: tuple[flo
     top, bottom = ax[0, 0], ax[1, 0]
     x = tl.t - t0
     top.step(x, tl.queue_depth, where="post", label="queue depth (waiting)", color="#4c72b0")
-    top.step(x, tl.processing, where="post", label="processing", color="#c44e52")
+    top.step(x, tl.processing, where="post", label="processing (batch size)", color="#c44e52")
     top.set_ylabel("requests")
     top.set_title("Queue depth and processing over time")
     bottom.plot(x, tl.req_per_s, color="#55a868", label="completed req/s (sliding window)")

@@ -28,7 +28,7 @@ def test_timeline(saved_runs):
     fig = plots.timeline(saved_runs[0])
     top, bottom = fig.axes
     assert isinstance(fig, matplotlib.figure.Figure)
-    assert [line.get_label() for line in top.get_lines()] == ["queue depth (waiting)", "processing"]
+    assert [line.get_label() for line in top.get_lines()] == ["queue depth (waiting)", "processing (batch size)"]
     assert labels(bottom) == ("time since start (s)", "requests / s") and top.get_ylabel() == "requests"
     assert len(top.patches) == 3  # one shaded span per wave
     depth = top.get_lines()[0].get_ydata()
