@@ -37,7 +37,8 @@ def make_model(spec: str) -> Any:
                 raise ValueError("expected BASE,PER_SEQ[,PER_PROMPT_TOKEN] in seconds")
             costs = ql.StepCosts(decode_base_s=parts[0], decode_per_seq_s=parts[1],
                                  prefill_per_token_s=parts[2] if len(parts) == 3 else 0.0)
-            return ql.SimulatedModel(step_costs=costs, name=spec)
+            # No comma in the served name: load tools (aiperf) split --model lists on commas.
+            return ql.SimulatedModel(step_costs=costs, name=spec.replace(",", "_"))
         except ValueError as e:
             raise CLIError(f"--model {spec}: {e}") from None
     if spec.startswith("sim:"):

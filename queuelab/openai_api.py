@@ -29,7 +29,7 @@ class _Body(BaseModel):
     @classmethod
     def _one_choice(cls, v: int) -> int:
         if v != 1:
-            raise ValueError("only n=1 is supported: a sequential server makes one choice per request")
+            raise ValueError("only n=1 is supported: queuelab makes one choice per request")
         return v
 
     @field_validator("top_p")

@@ -98,3 +98,13 @@ def test_serve_shuts_down_gracefully(flag, expect):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_sim_steps_model_spec():
+    from queuelab.cli import CLIError, make_model
+
+    m = make_model("sim-steps:0.01,0.002,0.0005")
+    assert (m.step_costs.decode(4), m.step_costs.prefill(10)) == pytest.approx((0.018, 0.005))
+    assert "," not in m.name  # load tools split model lists on commas
+    with pytest.raises(CLIError, match="BASE,PER_SEQ"):
+        make_model("sim-steps:0.01")
