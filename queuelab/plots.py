@@ -156,19 +156,80 @@ def position_vs_latency(run: StressRun) -> Figure:
 
 
 def compare(runs: Sequence[StressRun]) -> Figure:
-    """Several runs side by side: throughput, and p50/p99 end-to-end latency."""
+    """Several runs side by side: throughput, p50/p99 end-to-end latency and p50/p99 time to first token."""
     table = compare_table(list(runs))
-    fig, ax = _figure(1, 2, size=(10, 4))
+    fig, ax = _figure(1, 3, size=(13, 4))
     names = list(table.columns)
     x = np.arange(len(names))
     ax[0, 0].bar(x, table.loc["req_per_s"], color="#55a868")
     ax[0, 0].set_ylabel("completed requests / s")
     ax[0, 0].set_title("throughput")
-    ax[0, 1].bar(x - 0.2, table.loc["e2e_p50"], width=0.4, label="p50")
-    ax[0, 1].bar(x + 0.2, table.loc["e2e_p99"], width=0.4, label="p99")
-    ax[0, 1].set_ylabel("end-to-end latency (s)")
-    ax[0, 1].set_title("latency")
-    ax[0, 1].legend(fontsize=8)
-    for a in (ax[0, 0], ax[0, 1]):
+    for a, col, title in ((ax[0, 1], "e2e", "end-to-end latency"), (ax[0, 2], "ttft", "time to first token")):
+        a.bar(x - 0.2, table.loc[f"{col}_p50"], width=0.4, label="p50")
+        a.bar(x + 0.2, table.loc[f"{col}_p99"], width=0.4, label="p99")
+        a.set_ylabel("seconds")
+        a.set_title(title)
+        a.legend(fontsize=8)
+    for a in ax[0]:
         a.set_xticks(x, names, rotation=20, ha="right", fontsize=8)
+    return fig
+
+
+def _spread(runs: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
+    """Mean, min and max of `y` over seeds, per scheduler and `x`."""
+    return runs.groupby(["scheduler", x], sort=False)[y].agg(["mean", "min", "max"]).reset_index()
+
+
+def sweep(runs: pd.DataFrame, y: str = "e2e_p99", *, x: str = "load", target: float | None = None,
+          log: bool = True, title: str | None = None) -> Figure:
+    """A load sweep (`queuelab.replay.sweep`, with a `load` column): `y` against `x`, one line per
+    scheduler, the mean over seeds with bars from the best to the worst seed."""
+    fig, ax = _figure(size=(8, 4.5))
+    a = ax[0, 0]
+    for i, (name, g) in enumerate(_spread(runs, x, y).groupby("scheduler", sort=False)):
+        a.errorbar(g[x], g["mean"], yerr=[g["mean"] - g["min"], g["max"] - g["mean"]], fmt="-o", ms=4, capsize=3,
+                   color=WAVE_COLOURS[i % len(WAVE_COLOURS)], label=name)
+    if target is not None:
+        a.axhline(target, color="#c44e52", ls="--", lw=1, label=f"target {target:g} s")
+    if log:
+        a.set_yscale("log")
+    a.set_xlabel("offered load (× the sequential capacity)" if x == "load" else x)
+    a.set_ylabel(y.replace("_", " ") + (" (s)" if y.split("_")[0] in ("e2e", "ttft", "wait") else ""))
+    a.set_title(title or f"{y} against load: mean over seeds, bars from best to worst seed")
+    a.legend(fontsize=8)
+    return fig
+
+
+def depth_vs_throughput_sweep(runs: pd.DataFrame, *, capacity: float | None = None) -> Figure:
+    """Mean queue depth against achieved throughput, one line per scheduler (a load sweep: each point
+    one load, mean over seeds). A server's ceiling is where its line turns vertical: more depth, no more
+    throughput."""
+    fig, ax = _figure(size=(8, 4.8))
+    a = ax[0, 0]
+    means = runs.groupby(["scheduler", "rate"], sort=False)[["req_per_s", "depth_mean"]].mean().reset_index()
+    for i, (name, g) in enumerate(means.groupby("scheduler", sort=False)):
+        a.plot(g.req_per_s, g.depth_mean, "-o", ms=4, color=WAVE_COLOURS[i % len(WAVE_COLOURS)], label=name)
+    if capacity:
+        a.axvline(capacity, color="#8c8c8c", ls="--", lw=1, label=f"sequential capacity {capacity:.2f} req/s")
+    a.set_xlabel("achieved throughput (completed requests / s)")
+    a.set_ylabel("mean queue depth (requests waiting)")
+    a.set_yscale("symlog", linthresh=1)
+    a.set_xlim(left=0)
+    a.set_title("Depth against throughput: batching moves the wall to the right")
+    a.legend(fontsize=8, loc="upper left")
+    return fig
+
+
+def batch_sizes(steps: dict[str, pd.DataFrame], *, size: tuple[float, float] = (10, 4)) -> Figure:
+    """Batch size of every decode step over time (`queue.steps()`), one line per run."""
+    fig, ax = _figure(size=size)
+    a = ax[0, 0]
+    for i, (name, df) in enumerate(steps.items()):
+        d = df[df.decode_tokens > 0]
+        a.step(d.elapsed, d.batch_size, where="post", lw=1, color=WAVE_COLOURS[i % len(WAVE_COLOURS)],
+               label=f"{name} (mean {d.batch_size.mean():.1f})")
+    a.set_xlabel("seconds since the queue started")
+    a.set_ylabel("requests in the decode step")
+    a.set_title("Batch size, step by step")
+    a.legend(fontsize=8)
     return fig

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from .checks import positive_int
+
 PROMPTS_FILE = resources.files("queuelab") / "data" / "prompts.jsonl"
 OUTPUT_CLASSES = ("short", "medium", "long")  # expected answer length
 
@@ -37,3 +39,15 @@ def choose(n: int, prompts: Sequence[str] | None, rng: np.random.Generator) -> l
     if isinstance(prompts, str) or not prompts:
         raise ValueError("prompts must be a non-empty list of strings (or None for the built-in prompt set)")
     return [prompts[i % len(prompts)] for i in range(n)]
+
+
+def choose_caps(max_new_tokens: int | Sequence[int], n: int, seed: int) -> list[int]:
+    """Each of n requests' max_new_tokens: one value for all, or drawn (seeded) from a list such as
+    [16, 16, 16, 128] — a workload of mostly short answers and some long ones."""
+    if isinstance(max_new_tokens, int) and not isinstance(max_new_tokens, bool):
+        return [max_new_tokens] * n
+    if isinstance(max_new_tokens, str | bytes) or not isinstance(max_new_tokens, Sequence) or not max_new_tokens:
+        raise ValueError(f"max_new_tokens must be an int or a non-empty list of ints, got {max_new_tokens!r}")
+    choices = [positive_int("max_new_tokens", c) for c in max_new_tokens]
+    rng = np.random.default_rng([seed, 2])  # its own stream: the caps do not shift the prompts or arrivals
+    return [choices[i] for i in rng.integers(0, len(choices), size=n)]

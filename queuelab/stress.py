@@ -11,7 +11,7 @@ import asyncio
 import datetime as dt
 import itertools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypedDict, Unpack
 
 import numpy as np
@@ -21,10 +21,12 @@ from . import arrivals
 from .checks import non_negative, positive_int
 from .generation import GenerationParams
 from .metrics import TIMELINE_COLUMNS
+from .model import LanguageModel
 from .progress import Progress, as_progress
-from .prompts import choose
+from .prompts import choose, choose_caps
 from .request import Request
 from .request_queue import RequestQueue
+from .scheduling import Scheduler
 from .stress_run import REQUEST_COLUMNS, StressRun, compare
 from .targets import QueueTarget, Target, as_target
 
@@ -37,7 +39,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'queuelab.stress' has no attribute {name!r}")
 
 
-__all__ = ["incremental", "rapid_fire", "poisson", "constant", "gamma", "concurrency", "compare",
+__all__ = ["incremental", "rapid_fire", "poisson", "constant", "gamma", "concurrency", "each_scheduler", "compare",
            "StressRun", "Target", "QueueTarget", "Progress"]
 
 WaveCallback = Callable[[int, int], None]
@@ -57,9 +59,10 @@ class _Runner:
         if progress is not None:
             progress.start(total, desc)
 
-    def send(self, prompt: str, wave: int, scheduled_at: float) -> Request:
+    def send(self, prompt: str, wave: int, scheduled_at: float, max_new_tokens: int | None = None) -> Request:
         sent_at = time.perf_counter()
-        req = self.target.submit(prompt, **self.gen)
+        gen = self.gen if max_new_tokens is None else {**self.gen, "max_new_tokens": max_new_tokens}
+        req = self.target.submit(prompt, **gen)
         self.rows.append((req, wave, scheduled_at, sent_at, prompt))
         if self.progress is not None:
             self.progress.sent(req, wave)
@@ -126,10 +129,13 @@ async def _experiment(kind: str, target_like: RequestQueue | Target, params: dic
         timeline = pd.DataFrame(columns=list(TIMELINE_COLUMNS))
     elif len(timeline):
         timeline = timeline[(timeline.t >= start - 1.0) & (timeline.t <= end + 1.0)].reset_index(drop=True)
+    steps = target.steps()
+    if steps is not None:
+        steps = steps[(steps.t >= start - 1.0) & (steps.t <= end)].reset_index(drop=True)
     config = {"kind": kind, "name": name or kind, **params, "seed": seed, "max_new_tokens": gen.max_new_tokens,
               "temperature": gen.temperature, "target": target.info(), "started_at_utc": wall,
               "clock": "time.perf_counter", "start": start}
-    return StressRun(kind=kind, config=config, requests=requests, timeline=timeline)
+    return StressRun(kind=kind, config=config, requests=requests, timeline=timeline, steps=steps)
 
 
 def _gen(max_new_tokens: int, temperature: float) -> GenerationParams:
@@ -141,16 +147,16 @@ def _seconds(name: str, value: Any, *, allow_none: bool = False) -> float | None
 
 
 async def _send_on_schedule(runner: _Runner, start: float, offsets: Sequence[float], prompts: list[str],
-                            wave: int = 1) -> None:
-    """Open loop: send each prompt at start + offset, never waiting on the target."""
-    for i, (offset, prompt) in enumerate(zip(offsets, prompts)):
+                            wave: int = 1, caps: Sequence[int | None] | None = None) -> None:
+    """Open loop: send each prompt at start + offset (with its own max_new_tokens, if `caps`), never waiting."""
+    for i, (offset, prompt, cap) in enumerate(zip(offsets, prompts, caps or [None] * len(prompts))):
         due = start + float(offset)
         delay = due - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
         elif i % 64 == 63:
             await asyncio.sleep(0)  # behind schedule: still let the loop breathe now and then
-        runner.send(prompt, wave, due)
+        runner.send(prompt, wave, due, cap)
 
 
 # -- experiments ------------------------------------------------------------------------------------------
@@ -215,7 +221,7 @@ class OpenLoopOptions(TypedDict, total=False):
     """What every open-loop experiment takes besides its arrival schedule (defaults in `_open_loop`)."""
 
     seed: int
-    max_new_tokens: int
+    max_new_tokens: int | Sequence[int]
     temperature: float
     prompts: Sequence[str] | None
     progress: bool | Progress
@@ -224,18 +230,20 @@ class OpenLoopOptions(TypedDict, total=False):
 
 
 async def _open_loop(kind: str, queue: RequestQueue | Target, rate: float, duration: float | None, n: int | None,
-                     *, burstiness: float = 1.0, max_new_tokens: int = 32, temperature: float = 0.0,
+                     *, burstiness: float = 1.0, max_new_tokens: int | Sequence[int] = 32, temperature: float = 0.0,
                      prompts: Sequence[str] | None = None, seed: int = 0, progress: bool | Progress = True,
                      name: str | None = None, on_request_done: DoneCallback | None = None) -> StressRun:
     offsets = arrivals.schedule(kind, rate, duration=duration, n=n, seed=seed, burstiness=burstiness)
-    gen = _gen(max_new_tokens, temperature)
+    caps = choose_caps(max_new_tokens, len(offsets), seed)
+    gen = _gen(max(caps), temperature)
     # A separate stream for prompts, so changing the rate does not change which prompts are sent.
     chosen = choose(len(offsets), prompts, np.random.default_rng([seed, 1]))
 
     async def body(runner: _Runner, start: float) -> None:
-        await _send_on_schedule(runner, start, offsets.tolist(), chosen)
+        await _send_on_schedule(runner, start, offsets.tolist(), chosen, caps=caps)
 
-    params = {"rate": rate, "duration": duration, "n": n, "burstiness": burstiness if kind == "gamma" else None}
+    params = {"rate": rate, "duration": duration, "n": n, "burstiness": burstiness if kind == "gamma" else None,
+              "max_new_tokens_choices": None if isinstance(max_new_tokens, int) else list(max_new_tokens)}
     return await _experiment(kind, queue, params, gen=gen, seed=seed, total=len(offsets), progress=progress,
                              name=name, on_request_done=on_request_done, body=body)
 
@@ -245,7 +253,8 @@ async def poisson(queue: RequestQueue | Target, rate: float, duration: float | N
     """Open loop, Poisson arrivals at `rate` per second (exponential gaps), for `duration` s or `n` requests.
 
     Options (all experiments): seed=0, max_new_tokens=32, temperature=0.0, prompts=None (the built-in
-    set), progress=True, name=None, on_request_done=None.
+    set), progress=True, name=None, on_request_done=None. For open-loop runs `max_new_tokens` may also
+    be a list, each request drawing its cap from it (seeded): `[16, 16, 16, 128]` mixes short and long.
     """
     return await _open_loop("poisson", queue, rate, duration, n, **options)
 
@@ -288,3 +297,17 @@ async def concurrency(queue: RequestQueue | Target, users: int, n: int, *, max_n
 
     return await _experiment("concurrency", queue, {"users": users, "n": n}, gen=gen, seed=seed, total=n,
                              progress=progress, name=name, on_request_done=on_request_done, body=body)
+
+
+async def each_scheduler(model: LanguageModel, schedulers: dict[str, Callable[[], Scheduler]],
+                         experiment: Callable[..., Awaitable[StressRun]] | None = None, *,
+                         max_queue_size: int = 100_000, **kwargs: Any) -> dict[str, StressRun]:
+    """The same experiment (default `poisson`; same seed, so the same arrivals and prompts) through a fresh
+    queue on `model` per scheduler, one after another. Each run is named after its scheduler and
+    carries the queue's model steps (`run.steps`)."""
+    experiment = experiment or poisson
+    runs: dict[str, StressRun] = {}
+    for name, make in schedulers.items():
+        async with RequestQueue(model, scheduler=make(), max_queue_size=max_queue_size) as q:
+            runs[name] = await experiment(q, name=name, **kwargs)
+    return runs

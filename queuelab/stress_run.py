@@ -30,6 +30,8 @@ class StressRun:
     timeline: pd.DataFrame
     waves: pd.DataFrame = field(default=None)  # filled in __post_init__
     summary: dict[str, Any] = field(default=None)  # type: ignore[arg-type]  # computed in __post_init__
+    #: The model steps taken during the run (`RequestQueue.steps()` columns), where the target shows them.
+    steps: pd.DataFrame | None = None
 
     def __post_init__(self) -> None:
         if self.waves is None:
@@ -49,6 +51,8 @@ class StressRun:
         doc = {"schema": SCHEMA, "kind": self.kind, "config": self.config, "summary": self.summary,
                "requests": _frame_doc(self.requests), "waves": _frame_doc(self.waves),
                "timeline": _frame_doc(self.timeline)}
+        if self.steps is not None:
+            doc["steps"] = _frame_doc(self.steps)
         path.write_text(json.dumps(_jsonable(doc), indent=1, allow_nan=False))
         return path
 
@@ -59,7 +63,8 @@ class StressRun:
             raise ValueError(f"{path}: not a queuelab stress run (schema {doc.get('schema')!r}, expected {SCHEMA!r})")
         return cls(kind=doc["kind"], config=doc["config"], requests=_frame(doc["requests"]),
                    timeline=_frame(doc["timeline"]), waves=_frame(doc["waves"]),
-                   summary={k: (math.nan if v is None else v) for k, v in doc["summary"].items()})  # JSON has no NaN
+                   summary={k: (math.nan if v is None else v) for k, v in doc["summary"].items()},  # JSON has no NaN
+                   steps=_frame(doc["steps"]) if "steps" in doc else None)
 
     def to_csv(self, path: str | Path) -> Path:
         """The requests table as CSV, for spreadsheets."""

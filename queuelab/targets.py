@@ -37,6 +37,10 @@ class Target(ABC):
         """The server's own timeline, if it has one."""
         return None
 
+    def steps(self) -> pd.DataFrame | None:
+        """The server's model steps (batch size, tokens, duration), if it shows them."""
+        return None
+
 
 class QueueTarget(Target):
     """An in-process `RequestQueue`."""
@@ -58,6 +62,9 @@ class QueueTarget(Target):
 
     def timeline(self) -> pd.DataFrame:
         return self.queue.timeline()
+
+    def steps(self) -> pd.DataFrame:
+        return self.queue.steps()
 
 
 def as_target(obj: RequestQueue | Target) -> Target:

@@ -237,3 +237,35 @@ async def test_short_run_with_the_real_model(real):
     assert run.summary["tokens_per_s"] > 0 and run.config["target"]["model"]["name"] == "smollm2-135m"
     r = run.requests
     assert (r.first_token > r.started).all() and (r.first_token <= r.finished).all()
+
+
+async def test_an_open_loop_run_can_mix_short_and_long_answers():
+    model = ql.SimulatedModel(0.001)
+    async with ql.RequestQueue(model) as q:
+        run = await ql.stress.poisson(q, rate=500.0, n=40, seed=3, max_new_tokens=[2, 2, 7], progress=False)
+        again = await ql.stress.poisson(q, rate=500.0, n=40, seed=3, max_new_tokens=[2, 2, 7], progress=False)
+        with pytest.raises(ValueError, match="max_new_tokens"):
+            await ql.stress.poisson(q, rate=500.0, n=4, max_new_tokens=[2, 0], progress=False)
+        with pytest.raises(ValueError, match="non-empty list"):
+            await ql.stress.poisson(q, rate=500.0, n=4, max_new_tokens=[], progress=False)
+    tokens = run.requests.completion_tokens  # the simulated model answers up to its cap
+    assert set(tokens) == {2, 7} and (tokens == 2).sum() > (tokens == 7).sum()
+    assert list(tokens) == list(again.requests.completion_tokens)  # seeded: the same mix again
+    assert run.config["max_new_tokens_choices"] == [2, 2, 7]
+
+
+async def test_each_scheduler_sends_the_same_load_and_keeps_the_steps(tmp_path):
+    model = ql.SimulatedModel(step_costs=ql.StepCosts(decode_base_s=0.002, prefill_base_s=0.001))
+    runs = await stress.each_scheduler(model, {"one at a time": ql.SequentialScheduler,
+                                               "continuous": lambda: ql.ContinuousBatchScheduler(max_batch=4)},
+                                       rate=300.0, n=24, seed=2, max_new_tokens=[2, 6], progress=False)
+    seq, cont = runs["one at a time"], runs["continuous"]
+    assert (seq.name, cont.name) == ("one at a time", "continuous")
+    assert list(seq.requests.prompt) == list(cont.requests.prompt)
+    assert seq.requests.offset.tolist() == pytest.approx(cont.requests.offset.tolist())
+    decode = cont.steps[cont.steps.decode_tokens > 0]
+    assert seq.steps.batch_size.max() == 1 and 1 < decode.batch_size.max() <= 4
+    assert seq.steps.decode_tokens.sum() + seq.steps.batch_size[seq.steps.prefill_tokens > 0].sum() == \
+        seq.requests.completion_tokens.sum()  # every token came from a logged step
+    again = ql.StressRun.load(cont.save(tmp_path / "run.json"))
+    pd.testing.assert_frame_equal(again.steps, cont.steps, check_dtype=False)
