@@ -122,3 +122,29 @@ def fit_steps(steps: Any, like: LanguageModel, *, min_samples: int = 3,
                           count_tokens=like.count_tokens, answer_tokens=answer_tokens)
     twin.calibration = Calibration(tuple(zip(prefill.prefill_tokens.astype(int), prefill.duration_s)), table)
     return twin
+
+
+async def twin_from_burst(model: LanguageModel, *, max_new_tokens: int = 64, max_batch: int = 32,
+                          prompts: Sequence[str] | None = None, progress: Any = False) -> tuple[SimulatedModel, Any]:
+    """Send every prompt once, all at once, through continuous batching on the real `model`; return a
+    twin fitted to that run's steps and the run (a `StressRun`).
+
+    The twin answers each prompt with as many tokens as the real model did (greedy, capped at
+    `max_new_tokens`), so a replay with caps up to `max_new_tokens` has the real answer lengths; a prompt
+    the burst did not see answers up to its cap. One real run gives both the answer lengths and step
+    costs measured under load (batch sizes from `max_batch` down to 1, as the burst drains).
+    """
+    from . import stress
+    from .prompts import load_prompts
+    from .request_queue import RequestQueue
+    from .scheduling import ContinuousBatchScheduler
+
+    pool = list(prompts) if prompts is not None else [p["prompt"] for p in load_prompts()]
+    async with RequestQueue(model, scheduler=ContinuousBatchScheduler(max_batch=max_batch),
+                            max_queue_size=len(pool)) as q:
+        run = await stress.rapid_fire(q, n=len(pool), prompts=pool, max_new_tokens=max_new_tokens,
+                                      progress=progress, name=f"burst of {len(pool)} prompts")
+    ok = run.requests[run.requests.status == "completed"]
+    lengths = dict(zip(ok.prompt, ok.completion_tokens.astype(int)))
+    twin = fit_steps(run.steps, model, answer_tokens=lambda p: lengths.get(p, max_new_tokens))
+    return twin, run

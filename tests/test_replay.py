@@ -97,3 +97,17 @@ def test_bad_jobs_are_refused():
         rp.replay(ql.SequentialScheduler(), [rp.Job(0.0, 3, 9, 8)], COSTS)
     with pytest.raises(ValueError, match="step_costs"):
         rp.sweep(ql.SimulatedModel(0.01), MAKERS, [1.0])
+
+
+async def test_a_twin_from_one_burst_has_the_real_answer_lengths_and_step_costs(tiny):
+    from queuelab.calibration import twin_from_burst
+
+    prompts = [p["prompt"] for p in ql.prompts.load_prompts()][:12]
+    twin, run = await twin_from_burst(tiny, max_new_tokens=6, max_batch=4, prompts=prompts)
+    assert run.summary["succeeded"] == 12 and run.steps.batch_size.max() == 4
+    real = dict(zip(run.requests.prompt, run.requests.completion_tokens))
+    assert all(twin.answer_length(p, 6) == real[p] for p in prompts)
+    assert twin.answer_length("a prompt the burst never saw", 6) == 6
+    assert twin.count_tokens(prompts[0]) == tiny.count_tokens(prompts[0])
+    sizes = dict(twin.step_costs.decode_table)
+    assert 4 in sizes and sizes[4] > 0
