@@ -96,32 +96,53 @@ def _decode_table(model: LanguageModel, sizes: list[int], steps: int,
     return tuple((b, statistics.median(v)) for b, v in sorted(seen.items()))
 
 
-def fit_steps(steps: Any, like: LanguageModel, *, min_samples: int = 3,
+def fit_steps(steps: Any, like: LanguageModel, *, min_samples: int = 3, decode: str = "table",
               answer_tokens: Callable[[str], int] | None = None) -> SimulatedModel:
     """A twin fitted to the steps a real run recorded (`queue.steps()`), rather than to isolated steps.
 
-    Decode: the median duration at each batch size seen at least `min_samples` times. Prefill: a
-    least-squares fit of duration = base × sequences + per_token × prompt tokens over the prefill steps.
-    Steps measured inside a loaded run include what isolated steps miss (longer contexts, a busier
-    machine), so a twin fitted to one run predicts the next run under the same conditions better.
+    Decode, `decode="table"`: the median duration at each batch size seen at least `min_samples` times.
+    `decode="linear"`: a least-squares line, base + per sequence × batch size, through every decode
+    step — better when most batch sizes were seen only a few times (a burst that drains).
+    Prefill: a least-squares fit of duration = base + per_token × prompt tokens over the steps that
+    prefilled one sequence (a joining request), or, with fewer than 3 of those, of base × sequences +
+    per_token × tokens over all prefill steps. Steps measured inside a loaded run include what isolated
+    steps miss (longer contexts, a busier machine), so a twin fitted to one run predicts the next run
+    under the same conditions better.
     """
-    decode = steps[steps.decode_tokens > 0]
-    counts = decode.batch_size.value_counts()
+    if decode not in ("table", "linear"):
+        raise ValueError(f"decode must be 'table' or 'linear', got {decode!r}")
+    steps_d = steps[steps.decode_tokens > 0]
+    counts = steps_d.batch_size.value_counts()
     sizes = sorted(int(b) for b in counts.index if counts[b] >= min_samples)
     if not sizes:
         raise ValueError(f"no batch size has {min_samples} decode steps in this step log")
-    table = tuple((b, float(decode[decode.batch_size == b].duration_s.median())) for b in sizes)
-    prefill = steps[steps.prefill_tokens > 0]
-    base = per_token = 0.0
-    if len(prefill) >= 2:
-        a = np.column_stack([prefill.batch_size.to_numpy(float), prefill.prefill_tokens.to_numpy(float)])
-        (base, per_token), *_ = np.linalg.lstsq(a, prefill.duration_s.to_numpy(), rcond=None)
-    costs = StepCosts(decode_base_s=table[0][1], prefill_base_s=max(0.0, float(base)),
-                      prefill_per_token_s=max(0.0, float(per_token)), decode_table=table)
+    table = tuple((b, float(steps_d[steps_d.batch_size == b].duration_s.median())) for b in sizes)
+    base, per_token = _fit_prefill(steps[steps.prefill_tokens > 0])
+    if decode == "linear" and steps_d.batch_size.nunique() >= 2:
+        per_seq, intercept = np.polyfit(steps_d.batch_size.to_numpy(float), steps_d.duration_s.to_numpy(), 1)
+        costs = StepCosts(decode_base_s=max(0.0, float(intercept)), decode_per_seq_s=max(0.0, float(per_seq)),
+                          prefill_base_s=base, prefill_per_token_s=per_token)
+    else:
+        costs = StepCosts(decode_base_s=table[0][1], prefill_base_s=base, prefill_per_token_s=per_token,
+                          decode_table=table)
     twin = SimulatedModel(step_costs=costs, max_context=like.max_context, name=f"twin of {like.name} (fitted)",
                           count_tokens=like.count_tokens, answer_tokens=answer_tokens)
+    prefill = steps[steps.prefill_tokens > 0]
     twin.calibration = Calibration(tuple(zip(prefill.prefill_tokens.astype(int), prefill.duration_s)), table)
     return twin
+
+
+def _fit_prefill(prefill: Any) -> tuple[float, float]:
+    """(base seconds per sequence, seconds per prompt token), clipped at 0."""
+    single = prefill[prefill.batch_size == 1]
+    if len(single) >= 3 and single.prefill_tokens.nunique() >= 2:
+        per_token, base = np.polyfit(single.prefill_tokens.to_numpy(float), single.duration_s.to_numpy(), 1)
+    elif len(prefill) >= 2:
+        a = np.column_stack([prefill.batch_size.to_numpy(float), prefill.prefill_tokens.to_numpy(float)])
+        (base, per_token), *_ = np.linalg.lstsq(a, prefill.duration_s.to_numpy(), rcond=None)
+    else:
+        return 0.0, 0.0
+    return max(0.0, float(base)), max(0.0, float(per_token))
 
 
 async def twin_from_burst(model: LanguageModel, *, max_new_tokens: int = 64, max_batch: int = 32,
@@ -132,7 +153,8 @@ async def twin_from_burst(model: LanguageModel, *, max_new_tokens: int = 64, max
     The twin answers each prompt with as many tokens as the real model did (greedy, capped at
     `max_new_tokens`), so a replay with caps up to `max_new_tokens` has the real answer lengths; a prompt
     the burst did not see answers up to its cap. One real run gives both the answer lengths and step
-    costs measured under load (batch sizes from `max_batch` down to 1, as the burst drains).
+    costs measured under load (batch sizes from `max_batch` down to 1, as the burst drains), fitted as
+    a line in the batch size, since a draining burst sees most sizes only a few times.
     """
     from . import stress
     from .prompts import load_prompts
@@ -146,5 +168,5 @@ async def twin_from_burst(model: LanguageModel, *, max_new_tokens: int = 64, max
                                       progress=progress, name=f"burst of {len(pool)} prompts")
     ok = run.requests[run.requests.status == "completed"]
     lengths = dict(zip(ok.prompt, ok.completion_tokens.astype(int)))
-    twin = fit_steps(run.steps, model, answer_tokens=lambda p: lengths.get(p, max_new_tokens))
+    twin = fit_steps(run.steps, model, decode="linear", answer_tokens=lambda p: lengths.get(p, max_new_tokens))
     return twin, run

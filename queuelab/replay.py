@@ -169,6 +169,31 @@ def jobs(twin: SimulatedModel, rate: float, n: int, *, seed: int = 0, max_new_to
             for t, p, cap in zip(offsets, chosen, caps)]
 
 
+def jobs_from(run: Any) -> list[Job]:
+    """The jobs a real run (`StressRun`) served: its actual arrival times, prompt lengths and answer
+    lengths, so a replay of it differs from the run only in how steps are timed."""
+    ok = run.requests[run.requests.status == "completed"]
+    if ok.empty:
+        raise ValueError(f"run {run.name!r} has no completed requests to replay")
+    cap = int(max(run.config.get("max_new_tokens") or 1, ok.completion_tokens.max()))
+    t0 = float(ok.arrived.min())
+    return [Job(float(a) - t0, int(p), int(c), cap) for a, p, c in zip(ok.arrived, ok.prompt_tokens, ok.completion_tokens)]
+
+
+def versus(runs: dict[str, Any], schedulers: dict[str, Callable[[], Scheduler]], costs: StepCosts) -> pd.DataFrame:
+    """Each real run beside its replay (same arrivals and answers, step costs from `costs`): req/s,
+    p50/p99 end-to-end latency and p99 time to first token, real and replayed."""
+    rows = []
+    for name, run in runs.items():
+        twin = summary(replay(schedulers[name](), jobs_from(run), costs))
+        real = run.summary
+        rows.append({"scheduler": name, "req/s real": real["req_per_s"], "req/s twin": twin["req_per_s"],
+                     "e2e p50 real": real["e2e_p50"], "e2e p50 twin": twin["e2e_p50"],
+                     "e2e p99 real": real["e2e_p99"], "e2e p99 twin": twin["e2e_p99"],
+                     "TTFT p99 real": real["ttft_p99"], "TTFT p99 twin": twin["ttft_p99"]})
+    return pd.DataFrame(rows).set_index("scheduler")
+
+
 def summary(df: pd.DataFrame) -> dict[str, float]:
     """req/s and tokens/s over the run's span, and p50/p99 of e2e, TTFT and wait (seconds)."""
     span = float(df.finished.max() - df.arrived.min())

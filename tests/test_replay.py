@@ -111,3 +111,20 @@ async def test_a_twin_from_one_burst_has_the_real_answer_lengths_and_step_costs(
     assert twin.count_tokens(prompts[0]) == tiny.count_tokens(prompts[0])
     sizes = dict(twin.step_costs.decode_table)
     assert 4 in sizes and sizes[4] > 0
+
+
+async def test_a_linear_fit_recovers_step_costs_from_a_draining_burst():
+    truth = ql.StepCosts(decode_base_s=0.006, decode_per_seq_s=0.001, prefill_base_s=0.002, prefill_per_token_s=0.0004)
+    engine = ql.SimulatedModel(step_costs=truth, answer_tokens=lambda p: 2 + len(p) % 7)
+    async with ql.RequestQueue(engine, scheduler=ql.ContinuousBatchScheduler(max_batch=8)) as q:
+        reqs = [q.submit(f"prompt {'with more words ' * (i % 5)}{i}", max_new_tokens=8) for i in range(30)]
+        for r in reqs:
+            await r
+        steps = q.steps()
+    twin = ql.SimulatedModel.fitted_to(steps, engine, decode="linear")
+    fit = twin.step_costs
+    for b in (1, 4, 8):  # sleeps overshoot a little, never undershoot
+        assert fit.decode(b) == pytest.approx(truth.decode(b), rel=0.3, abs=0.002)
+    assert fit.prefill(20) == pytest.approx(truth.prefill(20), rel=0.3, abs=0.002)
+    with pytest.raises(ValueError, match="decode must be"):
+        ql.SimulatedModel.fitted_to(steps, engine, decode="cubic")
