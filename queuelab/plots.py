@@ -220,16 +220,37 @@ def depth_vs_throughput_sweep(runs: pd.DataFrame, *, capacity: float | None = No
     return fig
 
 
-def batch_sizes(steps: dict[str, pd.DataFrame], *, size: tuple[float, float] = (10, 4)) -> Figure:
-    """Batch size of every decode step over time (`queue.steps()`), one line per run."""
-    fig, ax = _figure(size=size)
-    a = ax[0, 0]
+def batch_sizes(steps: dict[str, pd.DataFrame], *, size: tuple[float, float] | None = None) -> Figure:
+    """Requests in each model step over time (`queue.steps()` or `run.steps`), one panel per run on a
+    shared time axis; the line drops to 0 while the model is idle."""
+    fig, ax = _figure(len(steps), 1, size=size or (10, 1.2 + 1.6 * len(steps)), sharex=True, sharey=True)
     for i, (name, df) in enumerate(steps.items()):
-        d = df[df.decode_tokens > 0]
-        a.step(d.elapsed, d.batch_size, where="post", lw=1, color=WAVE_COLOURS[i % len(WAVE_COLOURS)],
-               label=f"{name} (mean {d.batch_size.mean():.1f})")
-    a.set_xlabel("seconds since the queue started")
-    a.set_ylabel("requests in the decode step")
-    a.set_title("Batch size, step by step")
-    a.legend(fontsize=8)
+        a = ax[i, 0]
+        t0 = float(df.t.iloc[0]) if len(df) else 0.0
+        x, y = _busy_outline(df.t.to_numpy() - t0, df.duration_s.to_numpy(), df.batch_size.to_numpy())
+        colour = WAVE_COLOURS[i % len(WAVE_COLOURS)]
+        a.fill_between(x, y, step=None, color=colour, alpha=0.35, lw=0)
+        a.plot(x, y, color=colour, lw=1)
+        decode = df[df.decode_tokens > 0]
+        busy = df.duration_s.sum() / max(float(df.t.iloc[-1] + df.duration_s.iloc[-1] - df.t.iloc[0]), 1e-9) if len(df) else 0
+        a.set_title(f"{name}: mean decode batch {decode.batch_size.mean():.1f}, model busy {busy:.0%} of the time",
+                    fontsize=9, loc="left")
+        a.set_ylabel("batch")
+    ax[-1, 0].set_xlabel("seconds since the run's first step")
     return fig
+
+
+def _busy_outline(t: np.ndarray, d: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Corner points of 'b requests from t to t + d, 0 in between' (gaps under 1 ms are not drawn)."""
+    xs: list[float] = []
+    ys: list[float] = []
+    for i in range(len(t)):
+        if not xs or t[i] - xs[-1] > 1e-3:
+            xs += [float(xs[-1]) if xs else float(t[i]), float(t[i])]
+            ys += [0.0, 0.0]
+        xs += [float(t[i]), float(t[i] + d[i])]
+        ys += [float(b[i]), float(b[i])]
+    if xs:
+        xs.append(xs[-1])
+        ys.append(0.0)
+    return np.array(xs), np.array(ys)
