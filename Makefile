@@ -45,7 +45,7 @@ notebooks: setup
 			--ExecutePreprocessor.timeout=3600 "$$nb" || exit 1; \
 		echo "$$nb: $$(( $$(date +%s) - start )) s"; \
 	done
-	$(BIN)/python tools/export_figure.py notebooks/04_incremental_stress.ipynb readme-figure docs/depth_vs_throughput.png
+	$(BIN)/python tools/export_figure.py notebooks/08_continuous_batching.ipynb readme-figure docs/depth_vs_throughput.png
 
 bench: setup
 	@for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
