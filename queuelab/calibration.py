@@ -153,8 +153,9 @@ async def twin_from_burst(model: LanguageModel, *, max_new_tokens: int = 64, max
     The twin answers each prompt with as many tokens as the real model did (greedy, capped at
     `max_new_tokens`), so a replay with caps up to `max_new_tokens` has the real answer lengths; a prompt
     the burst did not see answers up to its cap. One real run gives both the answer lengths and step
-    costs measured under load (batch sizes from `max_batch` down to 1, as the burst drains), fitted as
-    a line in the batch size, since a draining burst sees most sizes only a few times.
+    costs measured under load (batch sizes from `max_batch` down to 1, as the burst drains): the median
+    step at every batch size seen, interpolated between them. (Not a line: on a CPU a step at batch 2
+    can cost nearly twice one at batch 1 and batch 32 little more than batch 2.)
     """
     from . import stress
     from .prompts import load_prompts
@@ -168,5 +169,5 @@ async def twin_from_burst(model: LanguageModel, *, max_new_tokens: int = 64, max
                                       progress=progress, name=f"burst of {len(pool)} prompts")
     ok = run.requests[run.requests.status == "completed"]
     lengths = dict(zip(ok.prompt, ok.completion_tokens.astype(int)))
-    twin = fit_steps(run.steps, model, decode="linear", answer_tokens=lambda p: lengths.get(p, max_new_tokens))
+    twin = fit_steps(run.steps, model, min_samples=1, answer_tokens=lambda p: lengths.get(p, max_new_tokens))
     return twin, run

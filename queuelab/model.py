@@ -2,7 +2,8 @@
 
 Models work in steps (prefill, decode one token, release) on a `RunningBatch`; `generate` and
 `generate_batch` are loops over those steps. Every step is blocking and thread-safe (one step at a
-time per model), so the queue runs them in a worker thread while the event loop stays free.
+time per model, unless `concurrent_steps` allows more), so the queue runs them in a worker thread
+while the event loop stays free.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Sequence as Sequence_
 from dataclasses import dataclass
 from typing import Any
 
+from .checks import positive_int
 from .generation import Completion, GenerationParams, check_prompt
 from .sequence import Sequence, TokenCallback
 
@@ -34,9 +36,28 @@ class LanguageModel(ABC):
     max_context: int
 
     def __init__(self) -> None:
-        # One model step at a time: transformers models are not safe to run concurrently. Steps of
-        # different batches (a queue's, a direct generate call's) may interleave; each batch owns its state.
-        self._lock = threading.Lock()
+        # One model step at a time by default. Steps of different batches (a queue's, a direct
+        # generate call's) may interleave; each batch owns its state. `concurrent_steps` lets several
+        # steps run at once, for threads that share the model (the seed lesson's "shared model with
+        # threads"): each batch has its own KV cache and a forward pass only reads the weights, so
+        # concurrent steps of different batches give the same answers (tests check the greedy ones).
+        self._lock: threading.Lock | threading.BoundedSemaphore = threading.Lock()
+        self._concurrent_steps = 1
+
+    @property
+    def concurrent_steps(self) -> int:
+        """How many steps (each of its own batch) may run on this model at the same time; 1 by default.
+
+        Change it only while no step runs (a queue with `workers=N` on this model sets it while it runs).
+        """
+        return self._concurrent_steps
+
+    @concurrent_steps.setter
+    def concurrent_steps(self, n: int) -> None:
+        n = positive_int("concurrent_steps", n)
+        # A plain lock for one at a time (what every step has always taken); a semaphore for more.
+        self._lock = threading.Lock() if n == 1 else threading.BoundedSemaphore(n)
+        self._concurrent_steps = n
 
     # -- the step interface -----------------------------------------------------------------------
     def new_sequence(self, prompt: object, params: GenerationParams, *,

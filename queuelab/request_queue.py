@@ -1,4 +1,4 @@
-"""`RequestQueue`: an asyncio FIFO in front of one model, served by one worker task.
+"""`RequestQueue`: an asyncio FIFO in front of one model, served by one worker task (or several).
 
 The worker is a step loop: ask the scheduler for the next step, run it on the model in a thread
 (`asyncio.to_thread`, so the event loop and any live panel on it stay responsive), then postprocess
@@ -9,19 +9,29 @@ baseline; batching schedulers use the same loop.
 One model serves one running queue: starting a second queue on the same model stops the first
 (with a warning). That makes the common notebook mistake, re-running a cell that creates and
 starts a queue, safe: the old worker does not linger as an orphan competing for the model.
+
+The seed lesson's two alternatives to batching are the same loop, run by N workers that share the
+one FIFO: `RequestQueue(model, workers=3)` (threads sharing one model, whose steps may overlap)
+and `RequestQueue([m1, m2, m3])` (one worker per model copy). Each worker has its own runner and
+its own copy of the scheduler; "Processing" counts the requests of every worker.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import itertools
 import time
 import warnings
 import weakref
 from collections import Counter, OrderedDict, deque
+from collections.abc import Sequence as Sequence_
 from enum import StrEnum
 from typing import Any
 
+import pandas as pd
+
+from .checks import positive_int
 from .errors import QueueStateError, SchedulerError
 from .generation import Completion, GenerationParams
 from .metrics import (
@@ -56,12 +66,19 @@ _RUNNING: weakref.WeakKeyDictionary[LanguageModel, RequestQueue] = weakref.WeakK
 
 
 class RequestQueue:
-    """FIFO request queue with one worker; `scheduler` decides how requests share the model (default: one at a time)."""
+    """FIFO request queue with one worker; `scheduler` decides how requests share the model (default: one at a time).
+
+    `workers=N` serves the FIFO with N workers that share `model`, each running its own steps in
+    its own thread, overlapping on the model (the seed's "shared model with threads"). A list of
+    models, `RequestQueue([m1, m2, m3])`, gives each copy its own worker (the seed's "multiple model
+    instances"). Either way `processing` can reach N, and each worker keeps its own copy of `scheduler`.
+    """
 
     def __init__(
         self,
-        model: LanguageModel,
+        model: LanguageModel | Sequence_[LanguageModel],
         *,
+        workers: int = 1,
         max_queue_size: int = 1000,
         request_timeout: float | None = None,
         scheduler: Scheduler | None = None,
@@ -76,12 +93,16 @@ class RequestQueue:
             raise ValueError(f"request_timeout must be > 0 seconds or None, got {request_timeout!r}")
         if not sample_interval > 0:
             raise ValueError(f"sample_interval must be > 0 seconds, got {sample_interval!r}")
-        if not hasattr(model, "generate") or not hasattr(model, "new_sequence"):
-            raise ValueError(f"model must be a queuelab LanguageModel (ql.load_model / ql.SimulatedModel), got {model!r}")
-        self.model = model
+        models = _models(model, workers)
+        #: The model the queue tokenizes with and reports; with copies, the first of them.
+        self.model = models[0]
+        #: One per worker: the same model N times (threads sharing it), or N copies.
+        self.models = models
         self.max_queue_size = max_queue_size
         self.request_timeout = request_timeout
         self.scheduler = scheduler or SequentialScheduler()
+        # Schedulers may keep state (the adaptive one's limit): every worker decides with its own copy.
+        self._schedulers = [self.scheduler] + [copy.deepcopy(self.scheduler) for _ in models[1:]]
         self.sample_interval = sample_interval
         self._waiting: WaitingLine = OrderedDict()
         self._active: dict[int, Request] = {}
@@ -96,11 +117,14 @@ class RequestQueue:
         self._error: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wakeup: asyncio.Event | None = None
-        self._worker: asyncio.Task[None] | None = None
+        self._worker: asyncio.Task[None] | None = None  # the first worker (the only one by default)
+        self._workers: list[asyncio.Task[None]] = []
         self._started_at: float | None = None
         self._stopped_at: float | None = None
         self._model_info: dict[str, Any] = {}
-        self._runner = StepRunner(model)
+        self._runners = [StepRunner(m) for m in models]
+        self._runner = self._runners[0]
+        self._restore_concurrency: int | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
     @property
@@ -118,21 +142,49 @@ class RequestQueue:
             return self
         if self._state is not QueueState.CREATED:
             raise QueueStateError(f"this queue is {self._state} and cannot be restarted: create a new RequestQueue")
-        previous = _RUNNING.get(self.model)
-        if previous is not None and previous is not self and previous.running:
-            warnings.warn("another RequestQueue was running on this model; stopping it (cancelling what it had "
-                          "queued). Stop queues with `await queue.stop()` or use `async with queue:`.", stacklevel=2)
-            await previous.stop(drain=False)
+        for model in dict.fromkeys(self.models):  # each distinct model once, in order
+            previous = _RUNNING.get(model)
+            if previous is not None and previous is not self and previous.running:
+                warnings.warn("another RequestQueue was running on this model; stopping it (cancelling what it "
+                              "had queued). Stop queues with `await queue.stop()` or use `async with queue:`.",
+                              stacklevel=2)
+                await previous.stop(drain=False)
         self._loop = asyncio.get_running_loop()
-        self._model_info = self.model.info()
+        self._model_info = self._describe_models()
         self._wakeup = asyncio.Event()
+        self._allow_overlap()
         self._started_at = time.perf_counter()
         self._state = QueueState.RUNNING
-        _RUNNING[self.model] = self
-        self._worker = self._loop.create_task(self._work(), name=f"queuelab-worker-{id(self):x}")
-        self._worker.add_done_callback(self._on_worker_exit)
+        for model in self.models:
+            _RUNNING[model] = self
+        self._workers = [self._loop.create_task(self._work(i), name=f"queuelab-worker-{id(self):x}-{i}")
+                         for i in range(len(self.models))]
+        self._worker = self._workers[0]
+        for task in self._workers:
+            task.add_done_callback(self._on_worker_exit)
         self._sampler.start(self._loop, name=f"queuelab-sampler-{id(self):x}")
         return self
+
+    @property
+    def workers(self) -> int:
+        """How many workers serve the FIFO (and so the most requests `processing` can show with one at a time each)."""
+        return len(self.models)
+
+    def _describe_models(self) -> dict[str, Any]:
+        info = dict(self.model.info())
+        if len(set(map(id, self.models))) > 1:  # copies: the memory of all of them is what the queue holds
+            info["memory_bytes"] = sum(m.info().get("memory_bytes") or 0 for m in self.models)
+            info["copies"] = len(self.models)
+        elif len(self.models) > 1:
+            info["workers"] = len(self.models)
+        return info
+
+    def _allow_overlap(self) -> None:
+        """Workers sharing one model run their steps at the same time, as the seed's threads do: let the
+        model take that many steps at once (until stop), or its lock would silently serialize them."""
+        if len(self.models) > 1 and self.models[1] is self.model and self.model.concurrent_steps < len(self.models):
+            self._restore_concurrency = self.model.concurrent_steps
+            self.model.concurrent_steps = len(self.models)
 
     async def stop(self, drain: bool = True) -> None:
         """Stop accepting requests; finish what is queued (drain) or cancel it; wait for the worker.
@@ -150,12 +202,21 @@ class RequestQueue:
             assert self._wakeup is not None and self._worker is not None
             self._wakeup.set()
             # shield: interrupting stop() (Ctrl-C in a notebook) must not kill the worker mid-request.
-            await asyncio.shield(self._worker)
+            if len(self._workers) == 1:
+                await asyncio.shield(self._worker)
+            else:  # wait for all of them; one that dies is reported by _on_worker_exit, not raised here
+                await asyncio.shield(asyncio.wait(self._workers))
             if self._state is QueueState.STOPPING:
                 self._state = QueueState.STOPPED
         await self._stop_sampler()
-        if _RUNNING.get(self.model) is self:
-            del _RUNNING[self.model]
+        self._release_models()
+
+    def _release_models(self) -> None:
+        if self._restore_concurrency is not None and all(t.done() for t in self._workers):
+            self.model.concurrent_steps, self._restore_concurrency = self._restore_concurrency, None
+        for model in self.models:
+            if _RUNNING.get(model) is self:
+                del _RUNNING[model]
 
     async def __aenter__(self) -> RequestQueue:
         return await self.start()
@@ -189,7 +250,8 @@ class RequestQueue:
         assert self._wakeup is not None
         self._wakeup.set()
         if self.scheduler.admits_while_running:
-            self._runner.interrupt.set()  # a running batch may take it at the next step
+            for runner in self._runners:
+                runner.interrupt.set()  # a running batch may take it at the next step
         return req
 
     async def generate(self, prompt: Any, **gen_kwargs: Any) -> Completion:
@@ -260,26 +322,31 @@ class RequestQueue:
             self._latency.add(wait=req.wait, service=req.service, ttft=req.ttft, e2e=req.e2e)
 
     # -- the worker: schedule → run the step in the model thread → postprocess on the loop ----------
-    async def _work(self) -> None:
-        while step := await self._next_step():
-            outcome = await asyncio.to_thread(self._runner.run, step,
-                                              interruptible=self.scheduler.admits_while_running)
+    async def _work(self, i: int = 0) -> None:
+        runner, scheduler = self._runners[i], self._schedulers[i]
+        while step := await self._next_step(runner, scheduler):
+            outcome = await asyncio.to_thread(runner.run, step, interruptible=scheduler.admits_while_running)
             self._postprocess(outcome)
 
-    async def _next_step(self) -> Step | None:
-        """Wait (without polling) until the scheduler has a step; None once stopping with nothing left."""
+    async def _next_step(self, runner: StepRunner, scheduler: Scheduler) -> Step | None:
+        """Wait (without polling) until the scheduler has a step; None once stopping with nothing left.
+
+        With several workers, each decides for its own runner from the one shared waiting line; the
+        decision and the taking happen on the loop without an await between them, so no two workers
+        take the same request."""
         assert self._wakeup is not None
         while True:
-            self._runner.interrupt.clear()  # before deciding: an arrival after this point interrupts the step
-            decision = self.scheduler.schedule(self._waiting, self._runner.running, time.perf_counter())
+            runner.interrupt.clear()  # before deciding: an arrival after this point interrupts the step
+            decision = scheduler.schedule(self._waiting, runner.running, time.perf_counter())
             if isinstance(decision, Step) and decision:
-                self._begin(decision)
+                self._begin(decision, runner, scheduler)
                 return decision
-            if not self._waiting and not self._runner.running and self._state is not QueueState.RUNNING:
+            if not self._waiting and not runner.running and self._state is not QueueState.RUNNING:
+                self._wakeup.set()  # pass the news on: another worker may be waiting on the same event
                 return None
             until = decision.until if isinstance(decision, Wait) else None
-            if until is None and self._waiting and not self._runner.running:
-                raise SchedulerError(f"{self.scheduler!r} waits forever with {len(self._waiting)} requests waiting "
+            if until is None and self._waiting and not runner.running:
+                raise SchedulerError(f"{scheduler!r} waits forever with {len(self._waiting)} requests waiting "
                                    "and nothing running")
             self._wakeup.clear()
             timeout = None if until is None else max(0.0, until - time.perf_counter())
@@ -288,15 +355,15 @@ class RequestQueue:
             except TimeoutError:
                 pass
 
-    def _begin(self, step: Step) -> None:
+    def _begin(self, step: Step, runner: StepRunner, scheduler: Scheduler) -> None:
         """Check the scheduler's step and move the requests it admits to PROCESSING."""
-        running = set(map(id, self._runner.running))
+        running = set(map(id, runner.running))
         for req in step.prefill:
             if req.status is not S.QUEUED or req.id in self._waiting:
-                raise SchedulerError(f"{self.scheduler!r} admitted request {req.id} ({req.status}) without taking "
+                raise SchedulerError(f"{scheduler!r} admitted request {req.id} ({req.status}) without taking "
                                    "it from the waiting line")
         if any(id(r) not in running for r in step.decode):
-            raise SchedulerError(f"{self.scheduler!r} asked to decode a request that is not running")
+            raise SchedulerError(f"{scheduler!r} asked to decode a request that is not running")
         now = time.perf_counter()
         for req in step.prefill:
             self._move(req, S.PROCESSING, now)
@@ -331,6 +398,8 @@ class RequestQueue:
         return on_token
 
     def _on_worker_exit(self, task: asyncio.Task[None]) -> None:
+        if self._state is QueueState.BROKEN:
+            return  # another worker's death already settled everything
         if task.cancelled():
             error = "worker task was cancelled"
         elif task.exception() is not None:
@@ -338,8 +407,12 @@ class RequestQueue:
             error = f"{type(e).__name__}: {e}"
         else:
             return  # a normal exit after stop()
-        # No silent hang: say what happened, and settle every request the dead worker owned.
+        # No silent hang: say what happened, and settle every request the dead worker owned. With
+        # several workers, the others stop too: a queue is running or broken, never half of each.
         self._error, self._state = error, QueueState.BROKEN
+        for other in self._workers:
+            if other is not task:
+                other.cancel()
         now = time.perf_counter()
         for req in list(self._active.values()):
             self._move(req, S.FAILED, now, error=f"queue worker died: {error}")
@@ -369,13 +442,19 @@ class RequestQueue:
 
     def steps(self):  # -> pandas.DataFrame
         """One row per model step: t, elapsed, batch_size, prefill_tokens, decode_tokens, duration_s,
-        kv_tokens and pad_tokens (KV-cache slots held after the step, and how many of them are padding)."""
-        return self._runner.steps(self._started_at or 0.0)
+        kv_tokens and pad_tokens (KV-cache slots held after the step, and how many of them are padding).
+
+        With several workers, every worker's steps in time order, and a `worker` column (0, 1, …)."""
+        since = self._started_at or 0.0
+        if len(self._runners) == 1:
+            return self._runner.steps(since)
+        frames = [r.steps(since).assign(worker=i) for i, r in enumerate(self._runners)]
+        return pd.concat(frames, ignore_index=True).sort_values("t", kind="stable").reset_index(drop=True)
 
     @property
     def step_count(self) -> int:
-        """Model steps run so far (the step log keeps the last 100,000)."""
-        return self._runner.step_count
+        """Model steps run so far (the step log keeps the last 100,000 per worker)."""
+        return sum(r.step_count for r in self._runners)
 
     @property
     def queue_size(self) -> int:
@@ -417,12 +496,41 @@ class RequestQueue:
 
     def health(self) -> Health:
         """State, worker, loop lag and model: cheap, without the rest of `stats()`."""
-        return Health(state=self._state, worker_alive=self._worker is not None and not self._worker.done(),
+        alive = bool(self._workers) and not any(t.done() for t in self._workers)
+        return Health(state=self._state, worker_alive=alive,
                       loop_lag_s=self._sampler.loop_lag_s, model=self._model_info, error=self._error)
 
     def __repr__(self) -> str:
         return (f"<RequestQueue {self._state} model={getattr(self.model, 'name', '?')!r} "
                 f"queued={len(self._waiting)} processing={len(self._active)}>")
+
+
+def _models(model: LanguageModel | Sequence_[LanguageModel], workers: int) -> list[LanguageModel]:
+    """The model each worker serves: `model` `workers` times, or one copy each from a list."""
+    positive_int("workers", workers)
+    if isinstance(model, Sequence_) and not isinstance(model, str):
+        copies = list(model)
+        if not copies:
+            raise ValueError("an empty list of models: give one model, or a list of copies (one worker each)")
+        if workers != 1:
+            raise ValueError(f"give either workers={workers} (threads sharing one model) or a list of model copies "
+                             "(one worker each), not both")
+        for m in copies:
+            _check_model(m)
+        if len(set(map(id, copies))) != len(copies):
+            raise ValueError("the same model appears twice in the list: for workers that share one model, "
+                             "use RequestQueue(model, workers=N)")
+        if len({(type(m), m.name) for m in copies}) != 1:
+            raise ValueError("a list of models must be copies of one model (same kind and name), got "
+                             + ", ".join(repr(m) for m in copies))
+        return copies
+    _check_model(model)
+    return [model] * workers
+
+
+def _check_model(model: Any) -> None:
+    if not hasattr(model, "generate") or not hasattr(model, "new_sequence"):
+        raise ValueError(f"model must be a queuelab LanguageModel (ql.load_model / ql.SimulatedModel), got {model!r}")
 
 
 def _stamp_first_token(req: Request, t: float) -> None:

@@ -174,10 +174,14 @@ class ContinuousBatchScheduler(Scheduler):
 class AdaptiveBatchScheduler(ContinuousBatchScheduler):
     """Continuous batching whose batch limit follows the load.
 
-    The limit starts at `min_batch`. When requests are left waiting because the batch is full, it
-    doubles (up to `max_batch`): under load, throughput wins. When nobody has waited for a whole
-    step, it halves (down to `min_batch`): at low load, small batches keep each step — and so every
-    token of every running request — fast.
+    The limit starts at `min_batch`. Whenever there is more work than seats (running + waiting >
+    limit), it doubles (up to `max_batch`): under load, throughput wins. When nobody is waiting, it
+    halves (down to `min_batch`, and never below what is running): at low load, small batches keep
+    each step — and so every token of every running request — fast.
+
+    (It counts running + waiting rather than "waiting while every seat is full": a scheduler is
+    consulted when a seat has just come free, so with a backlog but no new arrivals the batch would
+    never look full, and the limit would never grow.)
     """
 
     def __init__(self, min_batch: int = 1, max_batch: int = 32, max_batch_tokens: int | None = None) -> None:
@@ -188,7 +192,7 @@ class AdaptiveBatchScheduler(ContinuousBatchScheduler):
         self.limit = self.min_batch
 
     def schedule(self, waiting: WaitingLine, running: Sequence[Request], now: float) -> Step | Wait:
-        if waiting and len(running) >= self.limit:
+        if waiting and len(running) + len(waiting) > self.limit:
             self.limit = min(self.max_batch, self.limit * 2)
         elif not waiting:
             self.limit = max(self.min_batch, self.limit // 2, len(running))

@@ -67,10 +67,21 @@ async def test_adaptive_grows_under_load_and_shrinks_when_idle():
     for _ in range(5):
         running = running + s.schedule(waiting, running, 0.0).prefill
         sizes.append(len(running))
-    assert sizes == [1, 2, 4, 8, 8]
+    assert sizes == [2, 4, 8, 8, 8]  # more work than seats: the limit doubles at every decision
     for _ in range(4):
         s.schedule(OrderedDict(), running[:1], 0.0)
     assert s.limit == 1
+
+
+async def test_adaptive_grows_in_a_burst_with_no_further_arrivals():
+    # Consulted only when a seat has just come free, the batch never looks full; the backlog must still grow it.
+    model = ql.SimulatedModel(step_costs=ql.StepCosts(decode_base_s=0.002), answer_tokens=lambda p: 2 + len(p) % 5)
+    async with ql.RequestQueue(model, scheduler=ql.AdaptiveBatchScheduler(min_batch=1, max_batch=8)) as q:
+        reqs = [q.submit(f"burst request {i}", max_new_tokens=8) for i in range(24)]
+        for r in reqs:
+            await r
+        steps = q.steps()
+    assert steps.batch_size.max() == 8
 
 
 def test_cli_names_build_every_scheduler():
