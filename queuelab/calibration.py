@@ -97,12 +97,15 @@ def _decode_table(model: LanguageModel, sizes: list[int], steps: int,
 
 
 def fit_steps(steps: Any, like: LanguageModel, *, min_samples: int = 3, decode: str = "table",
-              answer_tokens: Callable[[str], int] | None = None) -> SimulatedModel:
+              monotone: bool = False, answer_tokens: Callable[[str], int] | None = None) -> SimulatedModel:
     """A twin fitted to the steps a real run recorded (`queue.steps()`), rather than to isolated steps.
 
     Decode, `decode="table"`: the median duration at each batch size seen at least `min_samples` times.
     `decode="linear"`: a least-squares line, base + per sequence × batch size, through every decode
     step — better when most batch sizes were seen only a few times (a burst that drains).
+    `monotone=True` makes the table non-decreasing in the batch size (pooling adjacent sizes that
+    disagree, weighted by how many steps each had): a bigger batch does not make a step cheaper, so
+    a dip is noise in sizes seen once or twice.
     Prefill: a least-squares fit of duration = base + per_token × prompt tokens over the steps that
     prefilled one sequence (a joining request), or, with fewer than 3 of those, of base × sequences +
     per_token × tokens over all prefill steps. Steps measured inside a loaded run include what isolated
@@ -117,6 +120,8 @@ def fit_steps(steps: Any, like: LanguageModel, *, min_samples: int = 3, decode: 
     if not sizes:
         raise ValueError(f"no batch size has {min_samples} decode steps in this step log")
     table = tuple((b, float(steps_d[steps_d.batch_size == b].duration_s.median())) for b in sizes)
+    if monotone:
+        table = _non_decreasing(table, [int(counts[b]) for b in sizes])
     base, per_token = _fit_prefill(steps[steps.prefill_tokens > 0])
     if decode == "linear" and steps_d.batch_size.nunique() >= 2:
         per_seq, intercept = np.polyfit(steps_d.batch_size.to_numpy(float), steps_d.duration_s.to_numpy(), 1)
@@ -130,6 +135,18 @@ def fit_steps(steps: Any, like: LanguageModel, *, min_samples: int = 3, decode: 
     prefill = steps[steps.prefill_tokens > 0]
     twin.calibration = Calibration(tuple(zip(prefill.prefill_tokens.astype(int), prefill.duration_s)), table)
     return twin
+
+
+def _non_decreasing(table: tuple[tuple[int, float], ...], weights: list[int]) -> tuple[tuple[int, float], ...]:
+    """Weighted isotonic regression (pool adjacent violators) of the step times over batch size."""
+    blocks: list[list[float]] = []  # [weighted sum, weight, how many sizes]
+    for (_, secs), w in zip(table, weights):
+        blocks.append([secs * w, float(w), 1.0])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
+            s, w2, n = blocks.pop()
+            blocks[-1] = [blocks[-1][0] + s, blocks[-1][1] + w2, blocks[-1][2] + n]
+    values = [b[0] / b[1] for b in blocks for _ in range(int(b[2]))]
+    return tuple((b, v) for (b, _), v in zip(table, values))
 
 
 def _fit_prefill(prefill: Any) -> tuple[float, float]:
@@ -154,8 +171,9 @@ async def twin_from_burst(model: LanguageModel, *, max_new_tokens: int = 64, max
     `max_new_tokens`), so a replay with caps up to `max_new_tokens` has the real answer lengths; a prompt
     the burst did not see answers up to its cap. One real run gives both the answer lengths and step
     costs measured under load (batch sizes from `max_batch` down to 1, as the burst drains): the median
-    step at every batch size seen, interpolated between them. (Not a line: on a CPU a step at batch 2
-    can cost nearly twice one at batch 1 and batch 32 little more than batch 2.)
+    step at every batch size seen, made non-decreasing (sizes a draining burst saw once are noisy) and
+    interpolated between them. (Not a line: on a CPU a step at batch 2 can cost nearly twice one at
+    batch 1, and batch 32 little more than batch 2.)
     """
     from . import stress
     from .prompts import load_prompts
@@ -169,5 +187,6 @@ async def twin_from_burst(model: LanguageModel, *, max_new_tokens: int = 64, max
                                       progress=progress, name=f"burst of {len(pool)} prompts")
     ok = run.requests[run.requests.status == "completed"]
     lengths = dict(zip(ok.prompt, ok.completion_tokens.astype(int)))
-    twin = fit_steps(run.steps, model, min_samples=1, answer_tokens=lambda p: lengths.get(p, max_new_tokens))
+    twin = fit_steps(run.steps, model, min_samples=1, monotone=True,
+                     answer_tokens=lambda p: lengths.get(p, max_new_tokens))
     return twin, run

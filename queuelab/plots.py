@@ -214,6 +214,7 @@ def depth_vs_throughput_sweep(runs: pd.DataFrame, *, capacity: float | None = No
     a.set_xlabel("achieved throughput (completed requests / s)")
     a.set_ylabel("mean queue depth (requests waiting)")
     a.set_yscale("symlog", linthresh=1)
+    a.set_ylim(bottom=0)
     a.set_xlim(left=0)
     a.set_title("Depth against throughput: batching moves the wall to the right")
     a.legend(fontsize=8, loc="upper left")

@@ -128,3 +128,15 @@ async def test_a_linear_fit_recovers_step_costs_from_a_draining_burst():
     assert fit.prefill(20) == pytest.approx(truth.prefill(20), rel=0.3, abs=0.002)
     with pytest.raises(ValueError, match="decode must be"):
         ql.SimulatedModel.fitted_to(steps, engine, decode="cubic")
+
+
+def test_a_monotone_table_pools_noisy_dips():
+    from queuelab.calibration import _non_decreasing
+
+    table = ((1, 0.06), (2, 0.15), (4, 0.12), (8, 0.18), (32, 0.17))
+    out = _non_decreasing(table, [5, 1, 1, 1, 86])
+    values = [v for _, v in out]
+    assert values == sorted(values) and [b for b, _ in out] == [1, 2, 4, 8, 32]
+    assert values[0] == 0.06 and values[1] == values[2] == pytest.approx(0.135)  # 2 and 4 pooled, equal weights
+    assert values[3] == values[4] == pytest.approx((0.18 + 86 * 0.17) / 87)  # one step at 8 yields to 86 at 32
+    assert _non_decreasing(((1, 0.1), (2, 0.2)), [1, 1]) == ((1, 0.1), (2, 0.2))  # already monotone: unchanged
