@@ -167,7 +167,7 @@ def compare(runs: Sequence[StressRun]) -> Figure:
     for a, col, title in ((ax[0, 1], "e2e", "end-to-end latency"), (ax[0, 2], "ttft", "time to first token")):
         a.bar(x - 0.2, table.loc[f"{col}_p50"], width=0.4, label="p50")
         a.bar(x + 0.2, table.loc[f"{col}_p99"], width=0.4, label="p99")
-        a.set_ylabel("seconds")
+        a.set_ylabel(f"{title} (s)")
         a.set_title(title)
         a.legend(fontsize=8)
     for a in ax[0]:

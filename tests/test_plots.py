@@ -82,7 +82,9 @@ def test_position_vs_latency(saved_runs):
 
 def test_compare(saved_runs):
     fig = plots.compare(list(saved_runs))
-    thr, lat = fig.axes
-    assert len(thr.patches) == 2 and len(lat.patches) == 4
+    thr, lat, ttft = fig.axes
+    assert len(thr.patches) == 2 and len(lat.patches) == 4 and len(ttft.patches) == 4
     assert thr.get_ylabel() == "completed requests / s" and lat.get_ylabel() == "end-to-end latency (s)"
+    assert ttft.get_ylabel() == "time to first token (s)"
+    assert ttft.patches[2].get_height() == pytest.approx(saved_runs[0].summary["ttft_p99"])
     assert thr.patches[0].get_height() == pytest.approx(saved_runs[0].summary["req_per_s"])
