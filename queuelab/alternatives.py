@@ -232,8 +232,9 @@ def depth_vs_throughput(waves: Mapping[str, pd.DataFrame]) -> Any:
     a.set_xlabel("achieved throughput (completed requests / s)")
     a.set_ylabel("peak queue depth (requests waiting)")
     a.set_title("Same waves, same depth: batching moves the line right")
-    a.set_xlim(left=0)
-    a.legend(fontsize=8, loc="lower center")
+    right = max(float(w.req_per_s.max()) for w in waves.values())
+    a.set_xlim(0, right * 1.15)  # room for the labels of the rightmost points
+    a.legend(fontsize=8, loc="upper center")  # the lines' lowest points sit at the bottom
     return fig
 
 

@@ -151,15 +151,26 @@ def _non_decreasing(table: tuple[tuple[int, float], ...], weights: list[int]) ->
 
 def _fit_prefill(prefill: Any) -> tuple[float, float]:
     """(base seconds per sequence, seconds per prompt token), clipped at 0."""
+    if prefill.empty:
+        return 0.0, 0.0
+    n_all, d_all = prefill.prefill_tokens.to_numpy(float), prefill.duration_s.to_numpy()
+    proportional = (0.0, float(d_all.sum() / max(n_all.sum(), 1.0)))  # the fallback: a cost per prompt token
     single = prefill[prefill.batch_size == 1]
     if len(single) >= 3 and single.prefill_tokens.nunique() >= 2:
-        per_token, base = np.polyfit(single.prefill_tokens.to_numpy(float), single.duration_s.to_numpy(), 1)
-    elif len(prefill) >= 2:
-        a = np.column_stack([prefill.batch_size.to_numpy(float), prefill.prefill_tokens.to_numpy(float)])
-        (base, per_token), *_ = np.linalg.lstsq(a, prefill.duration_s.to_numpy(), rcond=None)
-    else:
-        return 0.0, 0.0
-    return max(0.0, float(base)), max(0.0, float(per_token))
+        n, d = single.prefill_tokens.to_numpy(float), single.duration_s.to_numpy()
+        per_token, base = np.polyfit(n, d, 1)
+        # Prompts of similar length leave the slope to noise (a busy machine can make it wild): if the
+        # line is implausible, or misses the typical prefill by over a quarter, charge per token alone.
+        typical = float(np.median(d))
+        if base < 0 or per_token < 0 or abs(base + per_token * float(np.median(n)) - typical) > 0.25 * typical:
+            return 0.0, float(np.median(d / n))
+        return float(base), float(per_token)
+    a = np.column_stack([prefill.batch_size.to_numpy(float), n_all])
+    if len(prefill) < 2 or np.linalg.matrix_rank(a) < 2:
+        return proportional  # e.g. every prefill step had the same batch and length: no line to fit
+    (base, per_token), *_ = np.linalg.lstsq(a, d_all, rcond=None)
+    return (float(base), float(per_token)) if base >= 0 and per_token >= 0 else proportional
+
 
 
 async def twin_from_burst(model: LanguageModel, *, max_new_tokens: int = 64, max_batch: int = 32,

@@ -140,3 +140,22 @@ def test_a_monotone_table_pools_noisy_dips():
     assert values[0] == 0.06 and values[1] == values[2] == pytest.approx(0.135)  # 2 and 4 pooled, equal weights
     assert values[3] == values[4] == pytest.approx((0.18 + 86 * 0.17) / 87)  # one step at 8 yields to 86 at 32
     assert _non_decreasing(((1, 0.1), (2, 0.2)), [1, 1]) == ((1, 0.1), (2, 0.2))  # already monotone: unchanged
+
+
+def test_a_noisy_prefill_fit_falls_back_to_a_cost_per_token():
+    from queuelab.calibration import _fit_prefill
+
+    steps = pd.DataFrame({"batch_size": [1, 1, 1, 1], "prefill_tokens": [40, 41, 42, 43],
+                          "duration_s": [0.1, 0.1, 0.1, 3.0]})  # one step slowed by a busy machine
+    base, per_token = _fit_prefill(steps)
+    assert base == 0 and per_token == pytest.approx(0.1 / 41.5, rel=0.05)  # the median step, per token
+    clean = pd.DataFrame({"batch_size": [1, 1, 1], "prefill_tokens": [10, 50, 90],
+                          "duration_s": [0.02 + 0.001 * n for n in (10, 50, 90)]})
+    assert _fit_prefill(clean) == pytest.approx((0.02, 0.001))
+
+
+def test_prefill_steps_all_alike_give_a_cost_per_token():
+    from queuelab.calibration import _fit_prefill
+
+    alike = pd.DataFrame({"batch_size": [4, 4, 4], "prefill_tokens": [150, 153, 152], "duration_s": [0.5, 0.45, 0.58]})
+    assert _fit_prefill(alike) == pytest.approx((0.0, 1.53 / 455))
