@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -17,7 +17,15 @@ try:
     import uvicorn
     from fastapi import FastAPI
     from fastapi import Request as HTTPRequest
-    from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+    from fastapi.responses import JSONResponse, Response, StreamingResponse
+    from prometheus_client import (
+        CONTENT_TYPE_LATEST,
+        CollectorRegistry,
+        PlatformCollector,
+        ProcessCollector,
+        generate_latest,
+    )
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 except ImportError as e:  # pragma: no cover - the server extra is missing
     raise ImportError("the server needs the server extra: pip install 'queuelab[server]' (make lab does it)") from e
 
@@ -153,9 +161,11 @@ def create_app(queue: RequestQueue, *, manage_queue: bool = True, drain_on_shutd
     async def stats() -> dict[str, Any]:
         return queue.stats().as_dict()
 
+    registry = metrics_registry(queue)
+
     @app.get("/metrics")
-    async def metrics() -> PlainTextResponse:
-        return PlainTextResponse(prometheus(queue), media_type="text/plain; version=0.0.4")
+    async def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
 
@@ -186,29 +196,47 @@ async def finished_or_gone(request: HTTPRequest, req: Request) -> bool:
     return req.done
 
 
+class QueueCollector:
+    """A Prometheus collector that reads the queue's own numbers at scrape time.
+
+    The queue already keeps its counts and cumulative latency histograms (the dashboard and `/stats`
+    use them too), so this exports them rather than keeping a second set of metric objects that could
+    drift from the first.
+    """
+
+    def __init__(self, queue: RequestQueue) -> None:
+        self.queue = queue
+
+    def collect(self) -> Iterator[Metric]:
+        q, s = self.queue, self.queue.stats()
+        yield GaugeMetricFamily("queuelab_queue_depth", "Requests waiting in the queue.", value=s.queue_size)
+        yield GaugeMetricFamily("queuelab_processing", "Requests being processed: the running batch size (at most "
+                                "1 when sequential).", value=s.processing)
+        yield GaugeMetricFamily("queuelab_max_batch", "The scheduler's largest batch.", value=q.scheduler.max_batch)
+        yield CounterMetricFamily("queuelab_model_steps", "Model steps run (prefill or decode).", value=q.step_count)
+        requests = CounterMetricFamily("queuelab_requests", "Requests by final state (submitted counts every request).",
+                                       labels=["state"])
+        for state in ("submitted", "completed", "failed", "cancelled", "rejected"):
+            requests.add_metric([state], getattr(s, state))
+        yield requests
+        for kind, h in q.histograms().items():
+            buckets = [("+Inf" if math.isinf(b) else str(b), n) for b, n in h.cumulative()]
+            yield HistogramMetricFamily(f"queuelab_{kind}_seconds", f"{kind} of completed requests, seconds.",
+                                        buckets=buckets, sum_value=h.total)
+
+
+def metrics_registry(queue: RequestQueue) -> CollectorRegistry:
+    """The queue's metrics, plus the standard process and platform metrics every exporter has."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(QueueCollector(queue))
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    return registry
+
+
 def prometheus(queue: RequestQueue) -> str:
-    """The queue's state in Prometheus' text format."""
-    s = queue.stats()
-    lines = [
-        "# HELP queuelab_queue_depth Requests waiting in the queue.", "# TYPE queuelab_queue_depth gauge",
-        f"queuelab_queue_depth {s.queue_size}",
-        "# HELP queuelab_processing Requests being processed: the running batch size (at most 1 when sequential).",
-        "# TYPE queuelab_processing gauge", f"queuelab_processing {s.processing}",
-        "# HELP queuelab_max_batch The scheduler's largest batch.", "# TYPE queuelab_max_batch gauge",
-        f"queuelab_max_batch {queue.scheduler.max_batch}",
-        "# HELP queuelab_model_steps_total Model steps run (prefill or decode).",
-        "# TYPE queuelab_model_steps_total counter", f"queuelab_model_steps_total {queue.step_count}",
-        "# HELP queuelab_requests_total Requests by final state (submitted counts every request).",
-        "# TYPE queuelab_requests_total counter",
-    ]
-    for state in ("submitted", "completed", "failed", "cancelled", "rejected"):
-        lines.append(f'queuelab_requests_total{{state="{state}"}} {getattr(s, state)}')
-    for kind, h in queue.histograms().items():
-        name = f"queuelab_{kind}_seconds"
-        lines += [f"# HELP {name} {kind} of completed requests, seconds.", f"# TYPE {name} histogram"]
-        lines += [f'{name}_bucket{{le="{"+Inf" if math.isinf(b) else b}"}} {n}' for b, n in h.cumulative()]
-        lines += [f"{name}_sum {h.total}", f"{name}_count {h.count}"]
-    return "\n".join(lines) + "\n"
+    """The queue's state in Prometheus' text format (as `/metrics` serves it)."""
+    return generate_latest(metrics_registry(queue)).decode()
 
 
 class GracefulServer(uvicorn.Server):
@@ -246,4 +274,4 @@ def serve(queue: RequestQueue, *, host: str = "127.0.0.1", port: int = 8000, dra
     GracefulServer(config, app).run()
 
 
-__all__ = ["create_app", "serve", "prometheus", "GracefulServer"]
+__all__ = ["create_app", "serve", "prometheus", "metrics_registry", "QueueCollector", "GracefulServer"]

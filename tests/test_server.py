@@ -106,8 +106,18 @@ async def test_stats_and_prometheus_metrics():
         stats = (await c.get("/stats")).json()
         metrics = (await c.get("/metrics")).text
     assert stats["completed"] == 3 and stats["health"]["worker_alive"] is True
-    assert 'queuelab_requests_total{state="completed"} 3' in metrics
-    assert 'queuelab_e2e_seconds_bucket{le="+Inf"} 3' in metrics and "queuelab_queue_depth 0" in metrics
+    # Parsed as Prometheus parses it, not matched as text.
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(metrics) for s in family.samples}
+    assert samples["queuelab_requests_total", (("state", "completed"),)] == 3
+    assert samples["queuelab_requests_total", (("state", "submitted"),)] == 3
+    assert samples["queuelab_e2e_seconds_bucket", (("le", "+Inf"),)] == 3
+    assert samples["queuelab_e2e_seconds_count", ()] == 3 and samples["queuelab_queue_depth", ()] == 0
+    assert samples["queuelab_e2e_seconds_sum", ()] == pytest.approx(q.histograms()["e2e"].total)
+    assert samples["queuelab_model_steps_total", ()] == q.step_count
+    assert any(name == "python_info" for name, _ in samples)  # the standard metrics every exporter has
 
 
 def test_real_server_completions_stream_and_disconnect_cancels():
