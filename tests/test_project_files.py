@@ -11,7 +11,7 @@ from packaging.specifiers import SpecifierSet
 from queuelab import embedded
 
 ROOT = Path(__file__).resolve().parents[1]
-CONDA_NAMES = {"torch": "pytorch"}  # conda-forge names that differ from PyPI's
+CONDA_NAMES = {"torch": "pytorch", "prometheus-client": "prometheus_client"}  # conda-forge names that differ from PyPI's
 
 
 def pyproject_requirements() -> list[Requirement]:
