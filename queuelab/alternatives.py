@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import stress
+from . import kv_budget, stress
 from .checks import positive_int
 from .request import Request
 from .request_queue import RequestQueue
@@ -182,9 +182,8 @@ def static_batches(run: StressRun) -> pd.DataFrame:
 def padding(steps: pd.DataFrame) -> dict[str, float]:
     """Of the KV-cache slots the decode steps held (summed over steps), the share that was padding."""
     d = steps[steps.decode_tokens > 0]
-    kv = float(d.kv_tokens.sum())
-    return {"kv_slots": kv, "pad_slots": float(d.pad_tokens.sum()),
-            "pad_share": float(d.pad_tokens.sum()) / kv if kv else np.nan}
+    return {"kv_slots": float(d.kv_tokens.sum()), "pad_slots": float(d.pad_tokens.sum()),
+            "pad_share": kv_budget.padding_fraction(steps)}
 
 
 def claims(rows: Sequence[tuple[str, str, str]]) -> Any:

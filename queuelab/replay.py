@@ -30,6 +30,7 @@ from .prompts import choose, choose_caps, load_prompts
 from .request import Request
 from .scheduling import Scheduler, Step, WaitingLine
 from .simulated import SimulatedModel, StepCosts
+from .stress_run import peak_waiting
 
 COLUMNS = ("id", "arrived", "prompt_tokens", "tokens", "started", "first_token", "finished", "wait", "ttft", "e2e")
 
@@ -199,17 +200,11 @@ def summary(df: pd.DataFrame) -> dict[str, float]:
     span = float(df.finished.max() - df.arrived.min())
     out = {"requests": float(len(df)), "req_per_s": len(df) / span, "tokens_per_s": float(df.tokens.sum()) / span,
            # Time-average number waiting (total time queued / span) and the most waiting at once.
-           "depth_mean": float(df.wait.sum()) / span, "depth_peak": float(_peak_waiting(df))}
+           "depth_mean": float(df.wait.sum()) / span, "depth_peak": float(peak_waiting(df.arrived, df.started))}
     for col in ("e2e", "ttft", "wait"):
         p = percentiles(df[col])
         out[f"{col}_p50"], out[f"{col}_p99"] = p.p50, p.p99
     return out
-
-
-def _peak_waiting(df: pd.DataFrame) -> int:
-    events = np.concatenate([np.stack([df.arrived, np.ones(len(df))], 1), np.stack([df.started, -np.ones(len(df))], 1)])
-    events = events[np.lexsort((events[:, 1], events[:, 0]))]  # at a tie, the start (-1) before the arrival
-    return int(np.cumsum(events[:, 1]).max())
 
 
 def sweep(twin: SimulatedModel, schedulers: dict[str, Callable[[], Scheduler]], rates: Iterable[float], *,

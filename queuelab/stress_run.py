@@ -121,10 +121,15 @@ def peak_depth(df: pd.DataFrame) -> int:
     admitted = df[df.status != "rejected"]
     if admitted.empty:
         return 0
-    leave = admitted.started.fillna(admitted.finished)
+    return peak_waiting(admitted.arrived, admitted.started.fillna(admitted.finished))
+
+
+def peak_waiting(arrived: pd.Series, left: pd.Series) -> int:
+    """The most requests waiting at once, given when each arrived and when it left the line."""
+    events = np.concatenate([np.stack([arrived, np.ones(len(arrived))], 1), np.stack([left, -np.ones(len(left))], 1)])
     # Leaving sorts before arriving at the same instant: a request that starts at once never waited.
-    events = sorted([(t, 1) for t in admitted.arrived] + [(t, -1) for t in leave], key=lambda e: (e[0], e[1]))
-    return int(max(np.cumsum([d for _, d in events])))
+    events = events[np.lexsort((events[:, 1], events[:, 0]))]
+    return int(np.cumsum(events[:, 1]).max())
 
 
 def _pcts(prefix: str, values: pd.Series, *, mean: bool = True) -> dict[str, float]:
