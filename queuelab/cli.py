@@ -13,9 +13,10 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -59,10 +60,15 @@ def make_scheduler(a: argparse.Namespace) -> Any:
 
 
 def health(url: str, timeout: float = 1.0) -> bool:
+    """Whether a server answers at `url`: GET /health, or, where there is none (an OpenAI-compatible
+    service need not have one), GET /v1/models."""
     import httpx
 
     try:
-        return httpx.get(f"{url}/health", timeout=timeout).status_code == 200
+        status = httpx.get(f"{url}/health", timeout=timeout).status_code
+        if status in (404, 405):
+            status = httpx.get(f"{url}/v1/models", timeout=timeout).status_code
+        return status == 200
     except httpx.HTTPError:
         return False
 
@@ -73,7 +79,7 @@ def server_for(url: str | None, model: str, max_queue: int, extra: list[str] | N
     (and stop afterwards, letting it drain) — the seed lesson's "start server if needed"."""
     if url:
         if not health(url):
-            raise CLIError(f"no healthy queuelab/OpenAI server at {url} (GET /health failed)")
+            raise CLIError(f"no healthy queuelab/OpenAI server at {url} (GET /health and GET /v1/models failed)")
         yield url.rstrip("/")
         return
     if health(DEFAULT_URL):
@@ -81,18 +87,22 @@ def server_for(url: str | None, model: str, max_queue: int, extra: list[str] | N
         return
     port = DEFAULT_URL.rsplit(":", 1)[1]
     print(f"queuelab: starting a local server ({model}) on port {port}...", file=sys.stderr)
+    # The server's log goes to a file, not a pipe: nobody reads a pipe while the run goes on, and
+    # once its buffer (64 KB) fills with warnings the server blocks mid-write and every request stalls.
+    log = tempfile.NamedTemporaryFile(prefix="queuelab-serve-", suffix=".log", delete=False)  # noqa: SIM115
     proc = subprocess.Popen([sys.executable, "-m", "queuelab", "serve", "--model", model, "--port", port,
-                             "--max-queue", str(max_queue), *(extra or [])], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                             "--max-queue", str(max_queue), *(extra or [])], stdout=subprocess.DEVNULL, stderr=log)
+    failed = True
     try:
         deadline = time.monotonic() + 180  # the first model load on a machine converts it (~25 s)
         while not health(DEFAULT_URL):
             if proc.poll() is not None:
-                err = (proc.stderr.read().decode(errors="replace").strip().splitlines() or ["?"])[-1] if proc.stderr else "?"
-                raise CLIError(f"the local server exited: {err}")
+                raise CLIError(f"the local server exited: {_last_line(log.name)} (log: {log.name})")
             if time.monotonic() > deadline:
-                raise CLIError("the local server did not become healthy within 180 s")
+                raise CLIError(f"the local server did not become healthy within 180 s (log: {log.name})")
             time.sleep(0.25)
         yield DEFAULT_URL
+        failed = False
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)  # graceful: drain, then exit
@@ -100,6 +110,17 @@ def server_for(url: str | None, model: str, max_queue: int, extra: list[str] | N
                 proc.wait(60)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        log.close()
+        if failed:
+            print(f"queuelab: the local server's log is {log.name}", file=sys.stderr)
+        else:
+            os.unlink(log.name)
+
+
+def _last_line(path: str) -> str:
+    with open(path, errors="replace") as f:
+        lines = f.read().strip().splitlines()
+    return lines[-1] if lines else "?"
 
 
 # -- commands -----------------------------------------------------------------------------------------
@@ -123,7 +144,11 @@ def cmd_serve(a: argparse.Namespace) -> None:
     print(f"queuelab: serving {queue.model.name} with {queue.scheduler!r} on http://{a.host}:{a.port} (Ctrl-C: "
           f"{'cancel queued requests' if a.cancel_on_shutdown else 'finish queued requests'}, then exit)",
           file=sys.stderr)
-    serve(queue, host=a.host, port=a.port, drain=not a.cancel_on_shutdown, log_level=a.log_level)
+    hosts: list[str] | None | Literal["auto"] = "auto"
+    if a.allowed_host:
+        hosts = None if "*" in a.allowed_host else list(a.allowed_host)
+    serve(queue, host=a.host, port=a.port, drain=not a.cancel_on_shutdown, log_level=a.log_level,
+          model_names=a.served_model_name, allowed_hosts=hosts)
 
 
 def cmd_monitor(a: argparse.Namespace) -> None:
@@ -156,7 +181,7 @@ def cmd_stress(a: argparse.Namespace) -> None:
     experiments = _experiments()
 
     async def run(url: str) -> Any:
-        async with HTTPTarget(url, model=a.served_model) as target:
+        async with HTTPTarget(url, model=a.served_model, chat=a.endpoint == "chat") as target:
             experiment, options = experiments[a.experiment]
             common = {"max_new_tokens": a.max_tokens, "seed": a.seed, "progress": progress}
             return await experiment(target, **options(a), **common)
@@ -269,6 +294,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--cancel-on-shutdown", action="store_true",
                    help="on Ctrl-C/SIGTERM cancel queued requests instead of finishing them")
     s.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    s.add_argument("--served-model-name", nargs="+", default=None, metavar="NAME",
+                   help="the model names requests may give (default: the model's own); others get 404")
+    s.add_argument("--allowed-host", action="append", default=None, metavar="HOST",
+                   help="a Host header to answer (repeatable; '*' for any). Default: the bound address's "
+                        "names on loopback (a guard against DNS rebinding), any on 0.0.0.0")
     _scheduler_args(s)
     s.set_defaults(func=cmd_serve)
 
@@ -284,6 +314,9 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("--url", default=None, help=f"server URL (default: {DEFAULT_URL}, started if not running)")
     st.add_argument("--model", default="smollm2-135m", help="model for a server started by this command")
     st.add_argument("--served-model", default=None, help="the `model` field to send (for vLLM and others)")
+    st.add_argument("--endpoint", default="chat", choices=["chat", "completions"],
+                    help="chat (default: the server applies the chat template, as the queue does in process) "
+                         "or completions (the prompt as it is)")
     st.add_argument("--max-queue", type=_positive(int), default=1000, help="for a server started by this command")
     st.add_argument("--waves", type=_waves, default=[10, 20, 30, 40], help="incremental: e.g. 10,20,30,40")
     st.add_argument("--pause", type=float, default=0.0, help="incremental: seconds between waves")

@@ -1,9 +1,13 @@
 """`HTTPTarget`: the load generator's seam pointed at any OpenAI-compatible server over HTTP.
 
 Works against `queuelab serve` and, by design, vLLM, TGI or llama.cpp's server. Requests stream
-(`stream: true`), so time to first token is measured. All timestamps are the client's: `arrived` is
-when the request was sent, `started` when its first token arrived (a client cannot see the server's
-queue, so for HTTP runs `wait` is the time to first token), `finished` when the stream ended.
+(`stream: true`, read with httpx-sse), so time to first token is measured. Timestamps are the
+client's: `arrived` is when the request was sent, `finished` when the stream ended.
+
+`started` (the end of the wait) depends on what the server tells. queuelab's server reports each
+request's queue wait in the stream's last chunk, so `started` is `arrived` + that wait and a run
+over HTTP splits wait and service as an in-process run does. Other servers do not say: there
+`started` is the first token's arrival, and `wait` is the time to first token (prefill included).
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import itertools
 import json
 import time
 from typing import Any
+
+from httpx_sse import aconnect_sse
 
 from .generation import Completion, GenerationParams
 from .request import Request
@@ -24,10 +30,14 @@ _REFUSALS = {400: "invalid_request", 413: "invalid_request", 422: "invalid_reque
 
 
 class HTTPTarget(Target):
-    """Sends each request to `{base_url}/v1/completions` (or chat) as a streaming POST."""
+    """Sends each request to `{base_url}/v1/chat/completions` (or completions) as a streaming POST.
+
+    Chat is the default: the server then applies the model's chat template, as the queue does in
+    process, so the same prompts give the same answers. `chat=False` sends raw completions.
+    """
 
     def __init__(self, base_url: str, model: str | None = None, api_key: str | None = None, *,
-                 chat: bool = False, timeout: float = 600.0, max_connections: int = 1024) -> None:
+                 chat: bool = True, timeout: float = 600.0, max_connections: int = 1024) -> None:
         import httpx  # the server extra
 
         if not base_url.startswith(("http://", "https://")):
@@ -97,12 +107,12 @@ class HTTPTarget(Target):
     async def _send(self, req: Request) -> None:
         path = "/v1/chat/completions" if self.chat else "/v1/completions"
         try:
-            async with self._client.stream("POST", path, json=self._body(req)) as resp:
-                if resp.status_code != 200:
-                    await self._refused(req, resp)
+            async with aconnect_sse(self._client, "POST", path, json=self._body(req)) as source:
+                if source.response.status_code != 200:
+                    await self._refused(req, source.response)
                     return
                 req.advance(S.QUEUED, time.perf_counter())
-                await self._read_stream(req, resp)
+                await self._read_stream(req, source)
         except asyncio.CancelledError:
             now = time.perf_counter()
             if req.status is S.PROCESSING:
@@ -128,16 +138,13 @@ class HTTPTarget(Target):
         else:
             req.advance(S.FAILED, now, error=error)
 
-    async def _read_stream(self, req: Request, resp: Any) -> None:
+    async def _read_stream(self, req: Request, source: Any) -> None:
         pieces: list[str] = []
-        finish, usage = None, None
-        async for line in resp.aiter_lines():
-            if not line.startswith("data:"):
-                continue
-            data = line[5:].strip()
-            if data == "[DONE]":
+        finish, usage, server = None, None, None
+        async for sse in source.aiter_sse():
+            if sse.data == "[DONE]":
                 break
-            event = json.loads(data)
+            event = json.loads(sse.data)
             if "error" in event:
                 now = time.perf_counter()
                 if req.status is S.QUEUED:
@@ -145,6 +152,7 @@ class HTTPTarget(Target):
                 req.advance(S.FAILED, now, error=f"server: {event['error'].get('message')}")
                 return
             usage = event.get("usage") or usage
+            server = event.get("queuelab") or server
             for choice in event.get("choices") or []:
                 text = choice.get("text") or (choice.get("delta") or {}).get("content") or ""
                 if text:
@@ -157,9 +165,22 @@ class HTTPTarget(Target):
         now = time.perf_counter()
         if req.status is S.QUEUED:  # an empty answer: no token ever came
             req.advance(S.PROCESSING, now)
+        _use_server_wait(req, server)
         started = req.started if req.started is not None else now
         completion = Completion(
             "".join(pieces), int((usage or {}).get("prompt_tokens", 0)),
             int((usage or {}).get("completion_tokens", len(pieces))),
             (req.first_token or now) - req.arrived, now - started, finish if finish in ("stop", "length") else "length")
         req.advance(S.COMPLETED, now, completion=completion)
+
+
+def _use_server_wait(req: Request, server: dict[str, Any] | None) -> None:
+    """Move `started` to where the server's queue released the request, if the server said.
+
+    The client saw PROCESSING begin at the first token; the server knows when the request left
+    its queue. Clamped between the send and the first token: the two clocks differ by network time.
+    """
+    wait = (server or {}).get("wait_s")
+    if not isinstance(wait, (int, float)) or isinstance(wait, bool) or wait < 0 or req.started is None:
+        return
+    req.started = min(req.arrived + float(wait), req.started)

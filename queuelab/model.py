@@ -61,13 +61,15 @@ class LanguageModel(ABC):
 
     # -- the step interface -----------------------------------------------------------------------
     def new_sequence(self, prompt: object, params: GenerationParams, *,
-                     on_token: TokenCallback | None = None) -> Sequence:
+                     on_token: TokenCallback | None = None, chat_template: bool = True) -> Sequence:
         """Check and tokenize a request (once), without running anything.
 
+        `chat_template`: an instruct model sees the prompt as a user's chat message (its template
+        applied); False gives it the text as it is, as an OpenAI `/v1/completions` prompt.
         Raises ValueError naming the problem, so the queue refuses bad input at the door.
         """
         prompt = check_prompt(prompt)
-        seq = self._new_sequence(prompt, params, on_token)
+        seq = self._new_sequence(prompt, params, on_token, chat_template)
         if seq.prompt_tokens + params.max_new_tokens > self.max_context:
             raise ValueError(
                 f"prompt is too long: {seq.prompt_tokens} prompt tokens + max_new_tokens {params.max_new_tokens} "
@@ -133,7 +135,8 @@ class LanguageModel(ABC):
         """name, parameters, dtype, device, memory_bytes (and whatever else is useful)."""
 
     @abstractmethod
-    def _new_sequence(self, prompt: str, params: GenerationParams, on_token: TokenCallback | None) -> Sequence: ...
+    def _new_sequence(self, prompt: str, params: GenerationParams, on_token: TokenCallback | None,
+                      chat_template: bool = True) -> Sequence: ...
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"

@@ -226,10 +226,11 @@ class RequestQueue:
         await self.stop(drain=exc_type is None)
 
     # -- requests -------------------------------------------------------------------------------
-    def submit(self, prompt: Any, *, stream: bool = False, **gen_kwargs: Any) -> Request:
+    def submit(self, prompt: Any, *, stream: bool = False, chat_template: bool = True, **gen_kwargs: Any) -> Request:
         """Add a request and return it at once. Refused requests come back REJECTED, with a reason.
 
         With stream=True, `async for piece in request.stream()` yields the text as it is generated.
+        `chat_template=False` gives an instruct model the prompt as raw text (see `LanguageModel.new_sequence`).
         """
         self._check_loop()
         now = time.perf_counter()
@@ -237,7 +238,7 @@ class RequestQueue:
         if stream:
             req.enable_streaming()
         self._counts["submitted"] += 1
-        refusal = self._admit(req, gen_kwargs)
+        refusal = self._admit(req, gen_kwargs, chat_template)
         if refusal is not None:
             req.refusal, reason = refusal
             self._move(req, S.REJECTED, now, error=reason)
@@ -265,7 +266,7 @@ class RequestQueue:
         self._move(request, S.CANCELLED, time.perf_counter(), error="cancelled by caller")
         return True
 
-    def _admit(self, req: Request, gen_kwargs: dict[str, Any]) -> tuple[str, str] | None:
+    def _admit(self, req: Request, gen_kwargs: dict[str, Any], chat_template: bool = True) -> tuple[str, str] | None:
         """(refusal code, reason) if `req` is refused at the door, or None to admit it."""
         if self._state is not QueueState.RUNNING:
             return "unavailable", {
@@ -275,10 +276,15 @@ class RequestQueue:
         try:
             req.params = GenerationParams.from_kwargs(gen_kwargs)
             # Validated and tokenized once, here; the sequence travels to the model as it is.
-            req.sequence = self.model.new_sequence(req.prompt, req.params, on_token=self._token_callback(req))
+            req.sequence = self.model.new_sequence(req.prompt, req.params, on_token=self._token_callback(req),
+                                                   chat_template=chat_template)
             req.prompt_tokens = req.sequence.prompt_tokens
         except ValueError as e:
             return "invalid_request", f"invalid request: {e}"
+        except Exception as e:  # noqa: BLE001 - a tokenizer's own error: still this request's input, still refused
+            # Every submitted request must end in a terminal state; an exception escaping here would
+            # leave it counted as submitted and never finished.
+            return "invalid_request", f"invalid request: the model could not read it ({type(e).__name__}: {e})"
         if len(self._waiting) >= self.max_queue_size:
             return "queue_full", f"queue full: {len(self._waiting)} requests waiting (max_queue_size={self.max_queue_size})"
         return None
@@ -487,6 +493,11 @@ class RequestQueue:
     def histograms(self) -> dict[str, Histogram]:
         """Cumulative latency histograms (wait, service, ttft, e2e) of completed requests, for Prometheus."""
         return self._latency.histograms
+
+    @property
+    def total_tokens(self) -> int:
+        """Tokens generated for completed requests since start."""
+        return self._counts["tokens"]
 
     @property
     def mean_service_s(self) -> float | None:

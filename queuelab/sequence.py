@@ -20,7 +20,7 @@ class Sequence:
     """The state of one generation. Models append tokens through `append`; nobody else mutates it."""
 
     __slots__ = ("prompt", "prompt_ids", "prompt_tokens", "params", "on_token", "output_ids", "finish_reason",
-                 "started", "first_token_at", "finished_at", "rng", "_text", "_sent", "_decoder")
+                 "started", "first_token_at", "finished_at", "rng", "_text", "_full", "_sent", "_decoder")
 
     def __init__(self, prompt: str, params: GenerationParams, *, prompt_ids: list[int] | None = None,
                  prompt_tokens: int | None = None, decoder: Callable[[list[int]], str] | None = None,
@@ -38,44 +38,67 @@ class Sequence:
         self.rng: Any = None  # the model's per-sequence random generator (sampling), created at prefill
         self._decoder = decoder
         self._text: list[str] = []  # pieces handed out so far; their join is the text
-        self._sent = 0  # characters of decoded text already handed out
+        self._full = ""  # the decoded text so far, some of it perhaps held back
+        self._sent = 0  # characters of it already handed out
 
     # -- what models call -----------------------------------------------------------------------
     def append(self, token: int, now: float, *, eos: bool = False, piece: str | None = None) -> bool:
         """Add one generated token (produced at `now`); return True if the sequence just finished.
 
-        `eos`: the token ends the answer (it still counts: producing it cost a forward pass).
-        `piece`: the token's text, for models that know it directly; otherwise the decoder is used.
+        `eos`: the token is the model's end-of-sequence token. It ends the answer unless the
+        parameters say to go on (`ignore_eos`, `min_tokens`); either way it counts, since producing
+        it cost a forward pass. `piece`: the token's text, for models that know it directly;
+        otherwise the decoder is used. A stop string in the text also ends the answer.
         """
         if self.finish_reason is not None:
             raise RuntimeError("append() on a finished sequence")
         self.output_ids.append(token)
         if self.first_token_at is None:
             self.first_token_at = now
-        if eos:
+        ends = eos and self.params.ends_at_eos(len(self.output_ids))
+        if ends:
             self.finish_reason = "stop"
         elif len(self.output_ids) >= self.params.max_new_tokens:
             self.finish_reason = "length"
-        self._stream(piece, final=self.finish_reason is not None, eos=eos)
+        self._stream(piece, drop_last=ends)
         if self.finish_reason is not None:
             self.finished_at = time.perf_counter()
             return True
         return False
 
-    def _stream(self, piece: str | None, *, final: bool, eos: bool) -> None:
+    def _stream(self, piece: str | None, *, drop_last: bool) -> None:
+        """Hand out the new text: what is safe to show now, holding back a possible stop string's start."""
+        final = self.finish_reason is not None
         if piece is None:
             if self._decoder is None:
                 return
-            ids = self.output_ids[:-1] if eos else self.output_ids
-            text = self._decoder(ids)
+            text = self._decoder(self.output_ids[:-1] if drop_last else self.output_ids)
             # A multi-byte character split across tokens decodes to U+FFFD until its last byte arrives.
             if not final and text.endswith("\ufffd"):
                 return
-            piece, self._sent = text[self._sent:], max(self._sent, len(text))
-        if piece:
-            self._text.append(piece)
+            self._full = text
+        else:
+            self._full += piece
+        end = len(self._full)
+        if self.params.stop:
+            cut = self._stop_at()
+            if cut is not None:  # the stop string and what follows are not part of the answer
+                end, self.finish_reason = cut, "stop"
+            elif not final:
+                end -= _held_back(self._full, self._sent, self.params.stop)
+        if end > self._sent:
+            new, self._sent = self._full[self._sent:end], end
+            self._text.append(new)
             if self.on_token is not None:
-                self.on_token(piece)
+                self.on_token(new)
+
+    def _stop_at(self) -> int | None:
+        """Where the first stop string begins in the text not yet handed out, or None.
+
+        Searching from the handed-out mark is enough: a stop string's beginning is always held back.
+        """
+        hits = [i for i in (self._full.find(s, self._sent) for s in self.params.stop) if i >= 0]
+        return min(hits) if hits else None
 
     # -- what callers read ----------------------------------------------------------------------
     @property
@@ -102,3 +125,14 @@ class Sequence:
     def __repr__(self) -> str:
         state = self.finish_reason or ("running" if self.started is not None else "new")
         return f"<Sequence {self.prompt_tokens}+{len(self.output_ids)} tokens {state}>"
+
+
+def _held_back(text: str, sent: int, stops: tuple[str, ...]) -> int:
+    """Characters at the end of `text` (after `sent`) that could be the start of a stop string."""
+    longest = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(text) - sent), longest, -1):
+            if text.endswith(stop[:n]):
+                longest = n
+                break
+    return longest

@@ -9,15 +9,16 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Literal
 
 try:
     import uvicorn
     from fastapi import FastAPI
     from fastapi import Request as HTTPRequest
-    from fastapi.responses import JSONResponse, Response, StreamingResponse
+    from fastapi.responses import JSONResponse, Response
     from prometheus_client import (
         CONTENT_TYPE_LATEST,
         CollectorRegistry,
@@ -26,6 +27,10 @@ try:
         generate_latest,
     )
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+    from sse_starlette import EventSourceResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
+    from starlette.requests import ClientDisconnect
 except ImportError as e:  # pragma: no cover - the server extra is missing
     raise ImportError("the server needs the server extra: pip install 'queuelab[server]' (make lab does it)") from e
 
@@ -35,12 +40,28 @@ from .request_queue import RequestQueue
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 MAX_BODY_BYTES = 1_000_000
+#: A client has this long to send its whole request body (a slow or stalled upload gets 408).
+BODY_TIMEOUT_S = 30.0
+#: The longest Retry-After we send: clients honour about this much (the openai SDK up to 120 s).
+MAX_RETRY_AFTER_S = 60
+#: Retry-After while the server starts or stops.
+UNAVAILABLE_RETRY_AFTER_S = 5
+#: Every response says how long its request waited in the queue and was served (seconds), so a
+#: client can split its latency the way the server saw it; streams say it in the last chunk.
+WAIT_HEADER, SERVICE_HEADER = "X-Queuelab-Wait-S", "X-Queuelab-Service-S"
 
 
 def create_app(queue: RequestQueue, *, manage_queue: bool = True, drain_on_shutdown: bool = True,
-               max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
-    """The ASGI app. With manage_queue, the app starts the queue at startup and stops it at shutdown."""
+               max_body_bytes: int = MAX_BODY_BYTES, body_timeout_s: float = BODY_TIMEOUT_S,
+               model_names: list[str] | None = None, allowed_hosts: list[str] | None = None) -> FastAPI:
+    """The ASGI app. With manage_queue, the app starts the queue at startup and stops it at shutdown.
+
+    `model_names`: the names a request's `model` may give (default: the model's own name); any other
+    is a 404, as vLLM answers. `allowed_hosts`: the Host headers served (default: any); `serve` sets
+    the names of the address it binds, which stops DNS-rebinding pages from reading the server.
+    """
     model_name = str(getattr(queue.model, "name", "model"))
+    names = list(model_names or [model_name])
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -54,29 +75,66 @@ def create_app(queue: RequestQueue, *, manage_queue: bool = True, drain_on_shutd
 
     app = FastAPI(title="queuelab", lifespan=lifespan)
     app.state.queue, app.state.stopping, app.state.drain = queue, False, drain_on_shutdown
+    # Requests answered with an error before they reached the queue (bad JSON, unknown field, ...),
+    # by status: the queue's own counts cannot see them.
+    refused: Counter[int] = Counter()
+    app.state.refused = refused
+    if allowed_hosts is not None:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
 
     @app.exception_handler(api.APIError)
     async def _api_error(_: HTTPRequest, e: api.APIError) -> JSONResponse:
+        refused[e.status] += 1
         return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: HTTPRequest, e: StarletteHTTPException) -> JSONResponse:
+        # 404 and 405 in OpenAI's error shape, like every other error this server answers.
+        kind = "not_found" if e.status_code == 404 else None
+        refused[e.status_code] += 1
+        return JSONResponse(api.APIError(e.status_code, str(e.detail), code=kind).body(), status_code=e.status_code,
+                            headers=getattr(e, "headers", None))
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(_: HTTPRequest, e: ClientDisconnect) -> Response:
+        return Response(status_code=499)  # the client left while sending its body; nobody reads this
+
     async def body_of(request: HTTPRequest) -> Any:
+        if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+            # Also what stops a web page's plain form POST (no CORS preflight) from filling the queue.
+            raise api.APIError(415, "Content-Type must be application/json", code="unsupported_media_type")
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
             raise api.APIError(413, f"request body over {max_body_bytes} bytes", code="body_too_large")
-        raw = b""
-        async for chunk in request.stream():
-            raw += chunk
-            if len(raw) > max_body_bytes:
-                raise api.APIError(413, f"request body over {max_body_bytes} bytes", code="body_too_large")
+
+        async def read() -> bytes:
+            raw = b""
+            async for chunk in request.stream():
+                raw += chunk
+                if len(raw) > max_body_bytes:
+                    raise api.APIError(413, f"request body over {max_body_bytes} bytes", code="body_too_large")
+            return raw
+
+        try:
+            raw = await asyncio.wait_for(read(), body_timeout_s)
+        except TimeoutError:
+            raise api.APIError(408, f"request body not received within {body_timeout_s:g} s",
+                               code="request_timeout") from None
         try:
             return json.loads(raw)
+        except RecursionError:
+            raise api.APIError(400, "request body is nested too deeply") from None
         except ValueError:
             raise api.APIError(400, "request body is not valid JSON") from None
 
-    def admit(prompt: Any, body: api._Body, *, stream: bool) -> Request:
+    def admit(prompt: Any, body: api._Body, *, stream: bool, chat_template: bool) -> Request:
         if app.state.stopping or not queue.running:
-            raise api.APIError(503, "server is starting or stopping", type="server_error", code="unavailable")
-        req = queue.submit(prompt, stream=stream, **body.gen_kwargs(DEFAULT_MAX_TOKENS))
+            raise api.APIError(503, "server is starting or stopping", type="server_error", code="unavailable",
+                               headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_S)})
+        if body.model is not None and body.model not in names:
+            raise api.APIError(404, f"The model `{body.model}` does not exist; this server serves "
+                                    f"{', '.join(map(repr, names))}", param="model", code="model_not_found")
+        req = queue.submit(prompt, stream=stream, chat_template=chat_template, **body.gen_kwargs(DEFAULT_MAX_TOKENS))
         if req.status is RequestStatus.REJECTED:
             raise refusal_error(req)
         return req
@@ -87,21 +145,23 @@ def create_app(queue: RequestQueue, *, manage_queue: bool = True, drain_on_shutd
                                 headers={"Retry-After": str(retry_after())})
         if req.refusal == "invalid_request":
             return api.APIError(400, req.error or "invalid request", param=_param_of(req.error or ""))
-        return api.APIError(503, req.error or "unavailable", type="server_error", code="unavailable")
+        return api.APIError(503, req.error or "unavailable", type="server_error", code="unavailable",
+                            headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_S)})
 
     def retry_after() -> int:
-        """Seconds until the queue has room, roughly: the waiting requests × mean service time."""
-        return max(1, min(600, math.ceil(queue.queue_size * (queue.mean_service_s or 1.0))))
+        """Seconds until the queue has room, roughly (waiting requests × mean service time), capped at
+        what clients honour: a longer one makes them give up at once instead of retrying."""
+        return max(1, min(MAX_RETRY_AFTER_S, math.ceil(queue.queue_size * (queue.mean_service_s or 1.0))))
 
     def outcome_error(req: Request) -> api.APIError:
         if req.status is RequestStatus.FAILED:
             return api.APIError(500, req.error or "model failed", type="server_error", code="model_error")
-        return api.APIError(503, f"request cancelled: {req.error}", type="server_error", code="cancelled")
+        return api.APIError(503, f"request cancelled: {req.error}", type="server_error", code="cancelled",
+                            headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_S)})
 
-    async def respond(request: HTTPRequest, req: Request, build: Any, chunk: Any) -> Response:
-        body = request.state.body
+    async def respond(request: HTTPRequest, req: Request, body: api._Body, chat: bool) -> Response:
         if body.stream:
-            return StreamingResponse(sse(req, body, chunk), media_type="text/event-stream")
+            return EventSourceResponse(sse(req, body, chat), sep="\n", headers=_no_buffering())
         if not await finished_or_gone(request, req):
             queue.cancel(req)  # the client went away while it waited: free its place in line
             return Response(status_code=499)
@@ -109,46 +169,54 @@ def create_app(queue: RequestQueue, *, manage_queue: bool = True, drain_on_shutd
             raise outcome_error(req)
         c = req.completion
         assert c is not None
+        build = api.chat_response if chat else api.completion_response
         return JSONResponse(build(f"q{req.id}", model_name, c.text, c.finish_reason,
-                                  api.usage(c.prompt_tokens, c.completion_tokens)))
+                                  api.usage(c.prompt_tokens, c.completion_tokens)), headers=timing_headers(req))
 
-    async def sse(req: Request, body: api._Body, chunk: Any) -> AsyncIterator[str]:
-        rid = f"q{req.id}"
+    async def sse(req: Request, body: api._Body, chat: bool) -> AsyncIterator[str]:
+        chunks = api.ChunkWriter(f"q{req.id}", model_name, chat=chat)
         try:
+            if chat:  # the first delta names the role, as OpenAI's does (clients build the message from it)
+                yield json.dumps(chunks.role())
             async for piece in req.stream():
-                yield _event(chunk(rid, model_name, piece, None))
+                yield json.dumps(chunks.text(piece))
             c = req.completion
             assert c is not None
-            yield _event(chunk(rid, model_name, "", c.finish_reason))
+            yield json.dumps({**chunks.finish(c.finish_reason), "queuelab": timing(req)})
             if body.include_usage:
-                yield _event({"id": rid, "object": "chunk", "model": model_name, "choices": [],
-                              "usage": api.usage(c.prompt_tokens, c.completion_tokens)})
+                yield json.dumps(chunks.usage(api.usage(c.prompt_tokens, c.completion_tokens)))
         except RequestError:
-            yield _event(outcome_error(req).body())
+            yield json.dumps(outcome_error(req).body())
         finally:
             if not req.done:
                 queue.cancel(req)  # the client disconnected mid-stream
-        yield "data: [DONE]\n\n"
+        yield "[DONE]"
 
     @app.post("/v1/completions")
     async def completions(request: HTTPRequest) -> Response:
         body = api.parse(api.CompletionBody, await body_of(request))
-        request.state.body = body
-        req = admit(body.prompt, body, stream=body.stream)
-        return await respond(request, req, api.completion_response, api.completion_chunk)
+        # As vLLM: a completion prompt goes to the model as it is; only chat applies the template.
+        req = admit(body.prompt, body, stream=body.stream, chat_template=False)
+        return await respond(request, req, body, chat=False)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: HTTPRequest) -> Response:
         body = api.parse(api.ChatBody, await body_of(request))
-        request.state.body = body
-        req = admit(body.prompt(), body, stream=body.stream)
-        return await respond(request, req, api.chat_response,
-                             lambda rid, m, text, finish: api.chat_chunk(
-                                 rid, m, {"content": text} if text else {}, finish))
+        req = admit(body.prompt(), body, stream=body.stream, chat_template=True)
+        return await respond(request, req, body, chat=True)
+
+    def model_card(name: str) -> dict[str, Any]:
+        return {"id": name, "object": "model", "created": 0, "owned_by": "queuelab"}
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": 0, "owned_by": "queuelab"}]}
+        return {"object": "list", "data": [model_card(n) for n in names]}
+
+    @app.get("/v1/models/{name:path}")
+    async def model(name: str) -> dict[str, Any]:
+        if name not in names:
+            raise api.APIError(404, f"The model `{name}` does not exist", param="model", code="model_not_found")
+        return model_card(name)
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -159,9 +227,9 @@ def create_app(queue: RequestQueue, *, manage_queue: bool = True, drain_on_shutd
 
     @app.get("/stats")
     async def stats() -> dict[str, Any]:
-        return queue.stats().as_dict()
+        return {**queue.stats().as_dict(), "http_refused": {str(k): v for k, v in sorted(refused.items())}}
 
-    registry = metrics_registry(queue)
+    registry = metrics_registry(queue, refused)
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -170,12 +238,23 @@ def create_app(queue: RequestQueue, *, manage_queue: bool = True, drain_on_shutd
     return app
 
 
-def _event(data: dict[str, Any]) -> str:
-    return f"data: {json.dumps(data)}\n\n"
+def timing(req: Request) -> dict[str, float | None]:
+    """The request's queue wait and service time as the server measured them, seconds."""
+    return {"wait_s": req.wait, "service_s": req.service}
+
+
+def timing_headers(req: Request) -> dict[str, str]:
+    t = timing(req)
+    return {h: f"{v:.6f}" for h, v in ((WAIT_HEADER, t["wait_s"]), (SERVICE_HEADER, t["service_s"])) if v is not None}
+
+
+def _no_buffering() -> dict[str, str]:
+    return {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # proxies must pass tokens on at once
 
 
 def _param_of(error: str) -> str | None:
-    for needle, param in (("max_new_tokens", "max_tokens"), ("temperature", "temperature"), ("seed", "seed"),
+    for needle, param in (("min_tokens", "min_tokens"), ("max_new_tokens", "max_tokens"),
+                          ("temperature", "temperature"), ("seed", "seed"), ("stop", "stop"),
                           ("prompt", "prompt")):
         if needle in error:
             return param
@@ -204,8 +283,8 @@ class QueueCollector:
     drift from the first.
     """
 
-    def __init__(self, queue: RequestQueue) -> None:
-        self.queue = queue
+    def __init__(self, queue: RequestQueue, refused: Counter[int] | None = None) -> None:
+        self.queue, self.refused = queue, refused if refused is not None else Counter()
 
     def collect(self) -> Iterator[Metric]:
         q, s = self.queue, self.queue.stats()
@@ -219,16 +298,24 @@ class QueueCollector:
         for state in ("submitted", "completed", "failed", "cancelled", "rejected"):
             requests.add_metric([state], getattr(s, state))
         yield requests
+        yield CounterMetricFamily("queuelab_generated_tokens", "Tokens generated for completed requests.",
+                                  value=q.total_tokens)
+        http = CounterMetricFamily("queuelab_http_refused", "Requests answered with an error before they reached "
+                                   "the queue (malformed, unknown field, wrong model, ...), by HTTP status.",
+                                   labels=["status"])
+        for status, n in sorted(self.refused.items()):
+            http.add_metric([str(status)], n)
+        yield http
         for kind, h in q.histograms().items():
             buckets = [("+Inf" if math.isinf(b) else str(b), n) for b, n in h.cumulative()]
             yield HistogramMetricFamily(f"queuelab_{kind}_seconds", f"{kind} of completed requests, seconds.",
                                         buckets=buckets, sum_value=h.total)
 
 
-def metrics_registry(queue: RequestQueue) -> CollectorRegistry:
+def metrics_registry(queue: RequestQueue, refused: Counter[int] | None = None) -> CollectorRegistry:
     """The queue's metrics, plus the standard process and platform metrics every exporter has."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(QueueCollector(queue))
+    registry.register(QueueCollector(queue, refused))
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     return registry
@@ -244,34 +331,61 @@ class GracefulServer(uvicorn.Server):
 
     uvicorn alone would wait for open connections while the queue kept them waiting; here the
     queue decides first, so every request gets an answer (its completion, or a 503 "cancelled").
+    A second signal stops now: what still waits is cancelled (503), and the server exits without
+    waiting for the batch being computed (its clients' connections close unanswered).
     """
 
     def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
         super().__init__(config)
         self.app, self._stopping = app, False
+        self._cancelling: asyncio.Future[None] | None = None
 
     def handle_exit(self, sig: int, frame: Any) -> None:
-        if self._stopping:  # a second signal: stop now
-            return super().handle_exit(sig, frame)
-        self._stopping = True
         loop = getattr(self.app.state, "loop", None)
         if loop is None:
             return super().handle_exit(sig, frame)
-        loop.call_soon_threadsafe(lambda: loop.create_task(self._shutdown()))
+        first, self._stopping = not self._stopping, True
+        task = self._shutdown if first else self._stop_now
+        loop.call_soon_threadsafe(lambda: loop.create_task(task()))
 
     async def _shutdown(self) -> None:
         self.app.state.stopping = True
         await self.app.state.queue.stop(drain=self.app.state.drain)
         self.should_exit = True
 
+    async def _stop_now(self) -> None:
+        self.app.state.stopping = True
+        # stop(drain=False) cancels what waits at once (answered 503); it would then wait for the running
+        # batch, which is what a second signal says not to do, so it is not awaited.
+        self._cancelling = asyncio.ensure_future(self.app.state.queue.stop(drain=False))
+        await asyncio.sleep(0.05)  # let those answers go out before the connections are dropped
+        self.should_exit = self.force_exit = True
+
+
+def local_hosts(host: str, port: int) -> list[str] | None:
+    """The Host headers a server bound to `host` answers: its own names on loopback (so a web page
+    that rebinds a DNS name to 127.0.0.1 cannot read it); None (any) on a public interface."""
+    if host in ("127.0.0.1", "localhost", "::1"):
+        return ["127.0.0.1", "localhost", "[::1]", "::1"]
+    if host in ("0.0.0.0", "::", ""):
+        return None
+    return [host]
+
 
 def serve(queue: RequestQueue, *, host: str = "127.0.0.1", port: int = 8000, drain: bool = True,
-          log_level: str = "warning") -> None:
-    """Run the server until SIGINT/SIGTERM. Binds to loopback unless another host is asked for."""
-    app = create_app(queue, drain_on_shutdown=drain)
+          log_level: str = "warning", model_names: list[str] | None = None,
+          allowed_hosts: list[str] | None | Literal["auto"] = "auto") -> None:
+    """Run the server until SIGINT/SIGTERM. Binds to loopback unless another host is asked for.
+
+    `allowed_hosts="auto"` answers only Host headers naming the bound address (see `local_hosts`);
+    None answers any.
+    """
+    hosts = local_hosts(host, port) if allowed_hosts == "auto" else allowed_hosts
+    app = create_app(queue, drain_on_shutdown=drain, model_names=model_names, allowed_hosts=hosts)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on",
                             timeout_graceful_shutdown=5)
     GracefulServer(config, app).run()
 
 
-__all__ = ["create_app", "serve", "prometheus", "metrics_registry", "QueueCollector", "GracefulServer"]
+__all__ = ["create_app", "serve", "prometheus", "metrics_registry", "QueueCollector", "GracefulServer",
+           "local_hosts"]

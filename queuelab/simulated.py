@@ -221,7 +221,8 @@ class SimulatedModel(LanguageModel):
     def count_tokens(self, prompt: str) -> int:
         return self._count(prompt) if self._count is not None else len(prompt.split())
 
-    def _new_sequence(self, prompt: str, params: GenerationParams, on_token: TokenCallback | None) -> Sequence:
+    def _new_sequence(self, prompt: str, params: GenerationParams, on_token: TokenCallback | None,
+                      chat_template: bool = True) -> Sequence:
         return Sequence(prompt, params, prompt_tokens=self.count_tokens(prompt), on_token=on_token)
 
     def new_batch(self) -> RunningBatch:
@@ -242,6 +243,15 @@ class SimulatedModel(LanguageModel):
         if self._answer_tokens is None:
             return max_new_tokens
         return max(1, min(max_new_tokens, int(self._answer_tokens(prompt))))
+
+    def tokens_for(self, seq: Sequence) -> int:
+        """Tokens `seq` will produce: its answer's length, or all of max_new_tokens with ignore_eos,
+        and more than min_tokens (an end-of-sequence token may only follow them, as in vLLM)."""
+        p = seq.params
+        natural = self.answer_length(seq.prompt, p.max_new_tokens)
+        if p.ignore_eos:
+            return p.max_new_tokens
+        return max(natural, min(p.min_tokens + 1, p.max_new_tokens)) if p.min_tokens else natural
 
     def info(self) -> dict[str, Any]:
         return {
@@ -282,7 +292,7 @@ class _SimulatedBatch(RunningBatch):
         m, costs = self.m, self.m.step_costs
         lengths, slots, failed = {}, {}, None
         for s in seqs:  # every draw is made, failure or not, so later requests' draws do not shift
-            lengths[id(s)] = n = m.answer_length(s.prompt, s.params.max_new_tokens)
+            lengths[id(s)] = n = m.tokens_for(s)
             if m._should_fail(s.prompt) and failed is None:
                 failed = s
             if costs is None:

@@ -33,8 +33,9 @@ class TransformersModel(LanguageModel):
         self.load_info = load_info or {}
 
     # -- encoding -------------------------------------------------------------------------------
-    def encode(self, prompt: str) -> list[int]:
-        if getattr(self.tokenizer, "chat_template", None):
+    def encode(self, prompt: str, chat_template: bool = True) -> list[int]:
+        """Token ids: as a user's chat message if the model has a chat template (and `chat_template`), else as is."""
+        if chat_template and getattr(self.tokenizer, "chat_template", None):
             messages = [{"role": "user", "content": prompt}]
             return list(
                 self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
@@ -44,8 +45,12 @@ class TransformersModel(LanguageModel):
     def count_tokens(self, prompt: str) -> int:
         return len(self.encode(prompt))
 
-    def _new_sequence(self, prompt: str, params: GenerationParams, on_token: TokenCallback | None) -> Sequence:
-        return Sequence(prompt, params, prompt_ids=self.encode(prompt), on_token=on_token, decoder=self._decode_text)
+    def _new_sequence(self, prompt: str, params: GenerationParams, on_token: TokenCallback | None,
+                      chat_template: bool = True) -> Sequence:
+        ids = self.encode(prompt, chat_template)
+        if not ids:
+            raise ValueError("prompt has no tokens")
+        return Sequence(prompt, params, prompt_ids=ids, on_token=on_token, decoder=self._decode_text)
 
     def _decode_text(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
@@ -164,7 +169,14 @@ class _KVBatch(RunningBatch):
         return g
 
     def _pick(self, seqs: list[Sequence], logits: torch.Tensor) -> list[int]:
-        """One token per sequence from its row of logits (n, V): greedy, or sampled with its own generator."""
+        """One token per sequence from its row of logits (n, V): greedy, or sampled with its own generator.
+
+        A sequence short of its `min_tokens` cannot end yet: its end-of-sequence logit is masked (as vLLM does).
+        """
+        early = [i for i, s in enumerate(seqs) if len(s.output_ids) < s.params.min_tokens]
+        if early and self.m.eos_id is not None:
+            logits = logits.clone()
+            logits[early, self.m.eos_id] = float("-inf")
         tokens = logits.argmax(dim=-1).tolist()
         for i, s in enumerate(seqs):
             if s.params.temperature > 0:

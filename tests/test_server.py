@@ -21,7 +21,7 @@ def client(app):
 async def test_completion_and_chat_shapes():
     q = ql.RequestQueue(ql.SimulatedModel(0.001))
     async with q, client(create_app(q)) as c:
-        r = await c.post("/v1/completions", json={"model": "x", "prompt": "hello there", "max_tokens": 4})
+        r = await c.post("/v1/completions", json={"model": "simulated", "prompt": "hello there", "max_tokens": 4})
         body = r.json()
         assert r.status_code == 200 and body["object"] == "text_completion"
         assert body["choices"][0]["text"] == ql.SimulatedModel(0).generate("hello there", max_new_tokens=4).text
@@ -71,7 +71,8 @@ async def test_bad_input_is_a_400_naming_the_field(body, status, param):
 async def test_bad_json_and_oversize_bodies():
     q = ql.RequestQueue(ql.SimulatedModel(0))
     async with q, client(create_app(q, max_body_bytes=1000)) as c:
-        assert (await c.post("/v1/completions", content=b"{not json")).status_code == 400
+        assert (await c.post("/v1/completions", content=b"{not json",
+                              headers={"Content-Type": "application/json"})).status_code == 400
         r = await c.post("/v1/completions", json={"prompt": "x" * 5000})
         assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
 
