@@ -75,6 +75,8 @@ def create_app(queue: RequestQueue, *, manage_queue: bool = True, drain_on_shutd
 
     app = FastAPI(title="queuelab", lifespan=lifespan)
     app.state.queue, app.state.stopping, app.state.drain = queue, False, drain_on_shutdown
+    # Set on a second shutdown signal: requests still being computed are answered 503 at once.
+    app.state.abort = asyncio.Event()
     # Requests answered with an error before they reached the queue (bad JSON, unknown field, ...),
     # by status: the queue's own counts cannot see them.
     refused: Counter[int] = Counter()
@@ -162,7 +164,10 @@ def create_app(queue: RequestQueue, *, manage_queue: bool = True, drain_on_shutd
     async def respond(request: HTTPRequest, req: Request, body: api._Body, chat: bool) -> Response:
         if body.stream:
             return EventSourceResponse(sse(req, body, chat), sep="\n", headers=_no_buffering())
-        if not await finished_or_gone(request, req):
+        if not await finished_or_gone(request, req, app.state.abort):
+            if app.state.abort.is_set():
+                raise api.APIError(503, "server stopped before this request finished", type="server_error",
+                                   code="unavailable", headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_S)})
             queue.cancel(req)  # the client went away while it waited: free its place in line
             return Response(status_code=499)
         if req.status is not RequestStatus.COMPLETED:
@@ -261,17 +266,18 @@ def _param_of(error: str) -> str | None:
     return None
 
 
-async def finished_or_gone(request: HTTPRequest, req: Request) -> bool:
-    """Wait until the request is done (True) or the client has disconnected (False)."""
+async def finished_or_gone(request: HTTPRequest, req: Request, abort: asyncio.Event | None = None) -> bool:
+    """Wait until the request is done (True), or the client has disconnected or `abort` is set (False)."""
     async def disconnected() -> None:
         while (await request.receive())["type"] != "http.disconnect":
             pass
 
-    watcher = asyncio.ensure_future(disconnected())
+    watchers = [asyncio.ensure_future(disconnected())] + ([asyncio.ensure_future(abort.wait())] if abort else [])
     try:
-        await asyncio.wait([req.future, watcher], return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait([req.future, *watchers], return_when=asyncio.FIRST_COMPLETED)
     finally:
-        watcher.cancel()
+        for w in watchers:
+            w.cancel()
     return req.done
 
 
@@ -355,10 +361,11 @@ class GracefulServer(uvicorn.Server):
 
     async def _stop_now(self) -> None:
         self.app.state.stopping = True
+        self.app.state.abort.set()
         # stop(drain=False) cancels what waits at once (answered 503); it would then wait for the running
         # batch, which is what a second signal says not to do, so it is not awaited.
         self._cancelling = asyncio.ensure_future(self.app.state.queue.stop(drain=False))
-        await asyncio.sleep(0.05)  # let those answers go out before the connections are dropped
+        await asyncio.sleep(0.1)  # let those answers go out before the connections are dropped
         self.should_exit = self.force_exit = True
 
 

@@ -71,30 +71,76 @@ def test_bench_prints_throughput():
     assert out.returncode == 0 and "req/s" in out.stdout and "tokens/s" in out.stdout
 
 
+def start_server(model, *flags):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "queuelab", "serve", "--model", model, "--port", str(port),
+                             *flags], stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    until(lambda: _status(f"{url}/health") == 200, 30, "the server to start", proc)
+    return proc, url
+
+
+def _status(url):
+    try:
+        return httpx.get(url, timeout=1).status_code
+    except httpx.HTTPError:
+        return None
+
+
+def until(ok, timeout, what, proc=None):
+    deadline = time.monotonic() + timeout
+    while not ok():
+        assert proc is None or proc.poll() is None, f"the server exited while waiting for {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def queued(url, processing, waiting):
+    s = httpx.get(f"{url}/stats", timeout=2).json()
+    return s["processing"] == processing and s["queue_size"] == waiting
+
+
+def post_all(url, n):
+    pool = cf.ThreadPoolExecutor(n)
+    return pool, [pool.submit(_post, url, f"p{i}") for i in range(n)]
+
+
+def _post(url, prompt):
+    try:
+        return httpx.post(f"{url}/v1/completions", json={"prompt": prompt, "max_tokens": 1}, timeout=30).status_code
+    except httpx.HTTPError:
+        return "dropped"
+
+
 @pytest.mark.parametrize("flag, expect", [([], [200, 200, 200]), (["--cancel-on-shutdown"], [200, 503, 503])])
 def test_serve_shuts_down_gracefully(flag, expect):
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "queuelab", "serve", "--model", "sim:0.4", "--port", str(port),
-                             *flag], stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
+    proc, url = start_server("sim:0.4", *flag)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.1)
-        with cf.ThreadPoolExecutor(3) as pool:
-            futures = [pool.submit(httpx.post, f"{url}/v1/completions", json={"prompt": f"p{i}", "max_tokens": 1},
-                                   timeout=30) for i in range(3)]
-            time.sleep(0.3)  # all three are in: one processing, two queued
-            proc.send_signal(signal.SIGINT)
-            codes = sorted(f.result().status_code for f in futures)
-        assert codes == sorted(expect)
+        pool, futures = post_all(url, 3)
+        until(lambda: queued(url, 1, 2), 10, "one request processing, two queued")
+        proc.send_signal(signal.SIGINT)
+        assert sorted(f.result() for f in futures) == sorted(expect)
         assert proc.wait(30) == 0
+        pool.shutdown()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_a_second_signal_stops_now_and_answers_the_waiting():
+    proc, url = start_server("sim:3")  # each request takes 3 s: draining four would take 12 s
+    try:
+        pool, futures = post_all(url, 4)
+        until(lambda: queued(url, 1, 3), 10, "one request processing, three queued")
+        proc.send_signal(signal.SIGINT)
+        until(lambda: _status(f"{url}/health") == 503, 10, "the server to start draining")
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        proc.wait(15)
+        codes = [f.result() for f in futures]
+        pool.shutdown()
+        assert time.monotonic() - t0 < 6  # not the 12 s a drain takes
+        assert codes == [503] * 4  # every client is told (the waiting and the one being computed), none dropped
     finally:
         if proc.poll() is None:
             proc.kill()
