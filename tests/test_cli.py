@@ -154,3 +154,26 @@ def test_sim_steps_model_spec():
     assert "," not in m.name  # load tools split model lists on commas
     with pytest.raises(CLIError, match="BASE,PER_SEQ"):
         make_model("sim-steps:0.01")
+
+
+def test_a_server_without_health_is_checked_through_its_model_list():
+    import http.server
+    import threading
+
+    from queuelab.cli import health
+
+    class ModelsOnly(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the stdlib's name
+            self.send_response(200 if self.path == "/v1/models" else 404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), ModelsOnly)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        assert health(f"http://127.0.0.1:{srv.server_port}")
+        assert not health(f"http://127.0.0.1:{free_port()}")
+    finally:
+        srv.shutdown()

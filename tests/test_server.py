@@ -104,6 +104,7 @@ async def test_stats_and_prometheus_metrics():
     async with q, client(create_app(q)) as c:
         for _ in range(3):
             await c.post("/v1/completions", json={"prompt": "x", "max_tokens": 1})
+        await c.post("/v1/completions", json={"prompt": "x", "frobnicate": 1})  # refused before the queue
         stats = (await c.get("/stats")).json()
         metrics = (await c.get("/metrics")).text
     assert stats["completed"] == 3 and stats["health"]["worker_alive"] is True
@@ -118,6 +119,8 @@ async def test_stats_and_prometheus_metrics():
     assert samples["queuelab_e2e_seconds_count", ()] == 3 and samples["queuelab_queue_depth", ()] == 0
     assert samples["queuelab_e2e_seconds_sum", ()] == pytest.approx(q.histograms()["e2e"].total)
     assert samples["queuelab_model_steps_total", ()] == q.step_count
+    assert samples["queuelab_generated_tokens_total", ()] == 3
+    assert samples["queuelab_http_refused_total", (("status", "400"),)] == 1 and stats["http_refused"] == {"400": 1}
     assert any(name == "python_info" for name, _ in samples)  # the standard metrics every exporter has
 
 
