@@ -208,12 +208,12 @@ def panels_now(queue: RequestQueue) -> Any:
     """The dashboard's statistics and active-request panels as they are at this instant (static HTML)."""
     from IPython.display import HTML
 
-    from .dashboard import CSS, panel_html
+    from .dashboard import panel_html
 
     p = panel_html(queue.stats().as_dict())
     boxes = "".join(f'<div style="display:inline-block;vertical-align:top;margin:3px">{p[k]}</div>'
                     for k in ("stats", "active"))
-    return HTML(CSS + f"<div>{boxes}</div>")
+    return HTML(f"<div>{boxes}</div>")
 
 
 def depth_vs_throughput(waves: Mapping[str, pd.DataFrame]) -> Any:

@@ -28,14 +28,38 @@ try:
 except ImportError as e:  # pragma: no cover - the notebook extra is missing
     raise ImportError("the dashboard needs the notebook extra: pip install 'queuelab[notebook]' (make lab does it)") from e
 
-CSS = """<style>
-.ql-panel{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px;border:1px solid #d0d7de;
- border-radius:6px;padding:6px 10px;min-width:260px;background:#fafbfc;overflow:hidden}
-.ql-panel h4{margin:0 0 4px 0;font-size:13px}
-.ql-panel table{border-collapse:collapse;margin:0}
-.ql-panel td,.ql-panel th{padding:0 8px 0 0;text-align:left;white-space:nowrap;line-height:1.35;border:none}
-.ql-big{font-size:15px;font-weight:bold}.ql-ok{color:#1a7f37}.ql-bad{color:#cf222e}
-</style>"""
+# Inline styles, not a <style> block: JupyterLab drops <style> from the outputs of an untrusted
+# notebook (every saved notebook opened anew), and its own table rules (right-aligned, zebra rows)
+# win over class selectors but not over inline styles. So the live panels and the saved snapshot
+# look the same, trusted or not.
+STYLE = {
+    "panel": ("font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px;color:#1f2328;"
+              "border:1px solid #d0d7de;border-radius:6px;padding:6px 10px;min-width:260px;max-width:100%;"
+              "box-sizing:border-box;background:#fafbfc;overflow:hidden"),
+    "title": "margin:0 0 4px 0;font-size:13px;font-weight:bold",
+    "table": "border-collapse:collapse;margin:0;border:none",
+    "row": "background:transparent;border:none",
+    "cell": "padding:0 8px 0 0;text-align:left;white-space:nowrap;line-height:1.35;border:none;background:transparent",
+    # A cell's text stops at its column: a long prompt ends in "…" instead of widening the panel.
+    "clip": "max-width:36ch;overflow:hidden;text-overflow:ellipsis;white-space:nowrap",
+    "big": "font-size:15px;font-weight:bold", "ok": "color:#1a7f37", "bad": "color:#cf222e",
+}
+
+
+def _cell(content: str, *, tag: str = "td", style: str = "") -> str:
+    inner = f'<div style="{STYLE["clip"]}">{content}</div>' if tag == "td" else content
+    return f'<{tag} style="{STYLE["cell"]};{style}">{inner}</{tag}>'
+
+
+def _rows(rows: list[list[str]], head: list[str] | None = None) -> str:
+    """A table of cells already rendered with `_cell`."""
+    trs = ([f'<tr style="{STYLE["row"]}">' + "".join(_cell(h, tag="th") for h in head) + "</tr>"] if head else [])
+    trs += [f'<tr style="{STYLE["row"]}">' + "".join(r) + "</tr>" for r in rows]
+    return f'<table style="{STYLE["table"]}">' + "".join(trs) + "</table>"
+
+
+def _span(text: str, style: str) -> str:
+    return f'<span style="{STYLE[style]}">{text}</span>'
 
 
 def _table(rows: list[tuple[str, str]]) -> str:
@@ -43,29 +67,26 @@ def _table(rows: list[tuple[str, str]]) -> str:
     for label, text in rows:
         value = html.escape(text)
         if label in ("Queue size", "Processing"):
-            value = f'<span class="ql-big">{value}</span>'
+            value = _span(value, "big")
         elif label == "Worker alive" and text in ("yes", "no"):
-            value = f'<span class="{"ql-ok" if text == "yes" else "ql-bad"}">{value}</span>'
+            value = _span(value, "ok" if text == "yes" else "bad")
         elif label == "Error":
-            value = f'<span class="ql-bad">{value}</span>'
-        cells.append(f"<tr><td>{html.escape(label)}</td><td>{value}</td></tr>")
-    return "<table>" + "".join(cells) + "</table>"
+            value = _span(value, "bad")
+        cells.append([_cell(html.escape(label)), _cell(value)])
+    return _rows(cells)
 
 
 def _panel(title: str, body: str) -> str:
-    return f'<div class="ql-panel"><h4>{html.escape(title)}</h4>{body}</div>'
+    return f'<div style="{STYLE["panel"]}"><div style="{STYLE["title"]}">{html.escape(title)}</div>{body}</div>'
 
 
 def recent_table(s: dict[str, Any]) -> str:
     rows = panels.recent_rows(s)
     if not rows:
         return "<i>none yet</i>"
-    head = "<tr><th>#</th><th>status</th><th>wait</th><th>e2e</th><th>tok</th><th>answer / error</th></tr>"
-    body = "".join(
-        f"<tr><td>{r['id']}</td><td class=\"{'ql-ok' if r['status'] == 'completed' else 'ql-bad'}\">{r['status']}</td>"
-        f"<td>{r['wait']}</td><td>{r['e2e']}</td><td>{r['tokens']}</td><td>{html.escape(r['preview'])}</td></tr>"
-        for r in rows)
-    return f"<table>{head}{body}</table>"
+    return _rows([[_cell(r["id"]), _cell(r["status"], style=STYLE["ok" if r["status"] == "completed" else "bad"]),
+                   _cell(r["wait"]), _cell(r["e2e"]), _cell(r["tokens"]), _cell(html.escape(r["preview"]))]
+                  for r in rows], head=["#", "status", "wait", "e2e", "tok", "answer / error"])
 
 
 def panel_html(s: dict[str, Any]) -> dict[str, str]:
@@ -149,7 +170,7 @@ class _LiveView:
         _LiveView._views.discard(self)
         self.final_refresh()
         if self._handle is not None:
-            snapshot = HTML(CSS + self.snapshot_html())
+            snapshot = HTML(self.snapshot_html())
             # Published from an empty context: ipykernel then attributes it to the cell running now,
             # not to the (long finished) cell whose context the ticker task inherited. A headless
             # executor (nbclient, nbval) only records output attributed to the running cell.
@@ -176,7 +197,7 @@ class Dashboard(_LiveView):
         grid = widgets.GridBox(list(self.panels.values()),
                                layout=widgets.Layout(grid_template_columns="repeat(2, minmax(0, 1fr))",
                                                      grid_gap="6px"))
-        self.root = widgets.VBox([widgets.HTML(CSS), grid] + ([self.plot] if self.plot is not None else []))
+        self.root = widgets.VBox([grid] + ([self.plot] if self.plot is not None else []))
 
     def show(self) -> Dashboard:
         self._start(self.root)
@@ -275,7 +296,7 @@ class StressView(_LiveView, WaveTally):
         self.table = widgets.HTML()
 
     def show(self) -> StressView:
-        self.table.value = CSS + _panel(self.title, "<i>waiting for the experiment to start</i>")
+        self.table.value = _panel(self.title, "<i>waiting for the experiment to start</i>")
         self._start(self.table)
         return self
 
@@ -289,25 +310,75 @@ class StressView(_LiveView, WaveTally):
         self.stop()  # synchronously, inside the experiment's cell: its output keeps the final table
 
     def _html(self) -> str:
-        rows = self.rows()
-        head = ("<tr><th>wave</th><th>sent</th><th>done</th><th>success</th><th>req/s</th>"
-                "<th>e2e p50</th><th>e2e p99</th></tr>")
-        body = "".join(
-            f"<tr><td>{r['wave']}</td><td>{r['sent']}</td><td>{r['done']}</td><td>{format_number(r['success_rate'], '.0%')}</td>"
-            f"<td>{format_number(r['req_per_s'], '.2f')}</td><td>{format_seconds(r['e2e_p50'])}</td><td>{format_seconds(r['e2e_p99'])}</td></tr>"
-            for r in rows)
+        body = [[_cell(str(r["wave"])), _cell(str(r["sent"])), _cell(str(r["done"])),
+                 _cell(format_number(r["success_rate"], ".0%")), _cell(format_number(r["req_per_s"], ".2f")),
+                 _cell(format_seconds(r["e2e_p50"])), _cell(format_seconds(r["e2e_p99"]))] for r in self.rows()]
         total = f" of {self.total}" if self.total else ""
         state = "finished" if self.closed else "running"
-        return _panel(f"{self.title}: {self.done_count}{total} requests done ({state})", f"<table>{head}{body}</table>")
+        return _panel(f"{self.title}: {self.done_count}{total} requests done ({state})",
+                      _rows(body, head=["wave", "sent", "done", "success", "req/s", "e2e p50", "e2e p99"]))
 
     async def refresh(self) -> None:
         self.final_refresh()
 
     def final_refresh(self) -> None:
-        self._set(self.table, value=CSS + self._html())
+        self._set(self.table, value=self._html())
 
     def _finished(self) -> bool:
         return self.closed
 
     def snapshot_html(self) -> str:
         return self._html()
+
+
+class ProgressBar(_LiveView):
+    """`progress=True` in a notebook: a bar that moves while the experiment runs and is saved at its
+    final count. (A tqdm widget is saved as its text fallback, written when it was created: "0%".)"""
+
+    def __init__(self, *, interval: float = 0.25) -> None:
+        super().__init__()
+        self.interval = interval
+        self.total: int | None = None
+        self.desc, self.n, self.closed = "", 0, False
+        self._t0 = time.perf_counter()
+        self.html = widgets.HTML()
+
+    # -- the Progress protocol ----------------------------------------------------------------------
+    def start(self, total: int | None, desc: str) -> None:
+        self.total, self.desc, self.n, self.closed, self._t0 = total, desc, 0, False, time.perf_counter()
+        self.html.value = self._html()
+        self._start(self.html)
+
+    def sent(self, req: Any, wave: int) -> None:
+        pass
+
+    def done(self, req: Any) -> None:
+        self.n += 1
+
+    def close(self) -> None:
+        self.closed = True
+        self.stop()  # synchronously, inside the experiment's cell: its output keeps the final bar
+
+    # -- the live view ----------------------------------------------------------------------------
+    async def refresh(self) -> None:
+        self.final_refresh()
+
+    def final_refresh(self) -> None:
+        self._set(self.html, value=self._html())
+
+    def _finished(self) -> bool:
+        return self.closed
+
+    def snapshot_html(self) -> str:
+        return self._html()
+
+    def _html(self) -> str:
+        elapsed = time.perf_counter() - self._t0
+        share = self.n / self.total if self.total else None
+        rate = f"{self.n / elapsed:.2f} req/s" if elapsed > 0 and self.n else "? req/s"
+        count = f"{self.n}/{self.total} ({share:.0%})" if share is not None else f"{self.n}"
+        bar = (f'<div style="display:inline-block;width:240px;height:10px;background:#e6e8eb;border-radius:3px;'
+               f'vertical-align:middle;margin:0 8px"><div style="width:{100 * (share or 0):.1f}%;height:100%;'
+               f'background:#1a7f37;border-radius:3px"></div></div>')
+        return (f'<div style="font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px">'
+                f'{html.escape(self.desc)}{bar}{count} · {elapsed:.1f} s · {rate}</div>')

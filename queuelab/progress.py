@@ -13,7 +13,8 @@ from .request import Request, RequestStatus
 class Progress(Protocol):
     """Told when an experiment starts, of every request sent and done, and when it ends.
 
-    `progress=True` uses a tqdm bar; `progress=ql.StressView()` a live per-wave table in a notebook.
+    `progress=True` uses a bar (in a notebook, one saved at its final count; elsewhere tqdm's text
+    bar); `progress=ql.StressView()` a live per-wave table in a notebook.
     """
 
     def start(self, total: int | None, desc: str) -> None: ...
@@ -42,12 +43,25 @@ class TqdmProgress:
 
 def as_progress(progress: bool | Progress | None) -> Progress | None:
     if progress is True:
-        return TqdmProgress()
+        return _notebook_bar() or TqdmProgress()
     if progress is False or progress is None:
         return None
     if all(hasattr(progress, m) for m in ("start", "sent", "done", "close")):
         return progress
     raise ValueError(f"progress must be True, False or a progress display (e.g. ql.StressView()), got {progress!r}")
+
+
+def _notebook_bar() -> Progress | None:
+    """In a Jupyter kernel with ipywidgets, the dashboard's `ProgressBar`; elsewhere None."""
+    try:
+        from IPython import get_ipython
+
+        if type(get_ipython()).__name__ != "ZMQInteractiveShell":
+            return None
+        from .dashboard import ProgressBar
+    except ImportError:
+        return None
+    return ProgressBar()
 
 
 class WaveTally:

@@ -1,6 +1,7 @@
 import asyncio
 import re
 import time
+from html.parser import HTMLParser
 
 import nbformat
 import pytest
@@ -12,10 +13,35 @@ from queuelab import stress
 from .conftest import wait_until
 
 
+class _Tables(HTMLParser):
+    """Each table row's cell texts, as a browser would show them (tags and styles dropped)."""
+
+    def __init__(self, markup: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.rows: list[list[str]] = []
+        self._cell: list[str] | None = None
+        self.feed(markup)
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "tr":
+            self.rows.append([])
+        elif tag in ("td", "th"):
+            self._cell = []
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self.rows[-1].append("".join(self._cell))
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+
 def cell(html: str, label: str) -> str:
-    m = re.search(rf"<td>{re.escape(label)}</td><td>(.*?)</td>", html)
-    assert m, f"{label} not in panel"
-    return re.sub(r"<[^>]+>", "", m.group(1))
+    values = [row[1] for row in _Tables(html).rows if len(row) >= 2 and row[0] == label]
+    assert values, f"{label} not in panel"
+    return values[0]
 
 
 async def test_widgets_hold_the_final_state_and_the_ticker_stops():
@@ -28,7 +54,7 @@ async def test_widgets_hold_the_final_state_and_the_ticker_stops():
     stats = dash.panels["stats"].value
     assert (cell(stats, "Queue size"), cell(stats, "Processing")) == ("0", "0")
     assert (cell(stats, "Submitted"), cell(stats, "Completed"), cell(stats, "Rejected")) == ("7", "6", "1")
-    recent_ids = [int(i) for i in re.findall(r"<tr><td>(\d+)</td>", dash.panels["recent"].value)]
+    recent_ids = [int(row[0]) for row in _Tables(dash.panels["recent"].value).rows if row[0].isdigit()]
     assert recent_ids == [r.id for r in reversed(reqs)] + [bad.id]  # newest first; the rejection came first
     assert "idle" in dash.panels["active"].value
     assert cell(dash.panels["health"].value, "Worker alive") == "yes"
@@ -109,6 +135,8 @@ def test_headless_notebook_does_not_hang_and_keeps_a_static_snapshot(tmp_path):
         "run = await ql.stress.incremental(q, waves=[5, 10], max_new_tokens=2, progress=ql.StressView())",
         "await q.stop()\ndash.stop()",
         "ql.plots.timeline(run)",
+        "q2 = await ql.RequestQueue(ql.SimulatedModel(0.002)).start()\n"
+        "flood = await ql.stress.rapid_fire(q2, n=12, max_new_tokens=1, progress=True)\nawait q2.stop()",
     )]
     NotebookClient(nb, timeout=60, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     dash_out, = nb.cells[1].outputs
@@ -117,6 +145,9 @@ def test_headless_notebook_does_not_hang_and_keeps_a_static_snapshot(tmp_path):
     assert "Queue statistics" in dash_out.data["text/html"] and "data:image/png;base64" in dash_out.data["text/html"]
     assert "15 of 15 requests done (finished)" in view_out[-1].data["text/html"]
     assert "image/png" in nb.cells[4].outputs[0].data  # a returned Figure shows as a picture
+    bar, = [o for o in nb.cells[5].outputs if o.output_type == "display_data"]
+    # progress=True in a notebook is saved at its final count, not at the 0 % it started from.
+    assert "12/12 (100%)" in bar.data["text/html"] and "application/vnd.jupyter.widget-view+json" not in bar.data
 
 
 async def test_notebook_and_terminal_show_the_same_panels():
@@ -137,3 +168,19 @@ async def test_notebook_and_terminal_show_the_same_panels():
         assert label in terminal and label in notebook
         assert cell(notebook, label) == text
     assert "[b]sim" in terminal  # text from the server shows as text, never as Rich markup
+
+
+async def test_panels_carry_their_styles_inline_and_clip_long_text():
+    # JupyterLab drops <style> blocks from untrusted notebooks and restyles tables by class: the
+    # panels must look the same without either.
+    from queuelab.dashboard import STYLE, panel_html
+
+    async with ql.RequestQueue(ql.SimulatedModel(0.3)) as q:
+        q.submit("word " * 400, max_new_tokens=1)
+        await wait_until(lambda: q.stats().processing == 1, what="the long prompt to be processing")
+        panels_ = panel_html(q.stats().as_dict())
+    for markup in panels_.values():
+        assert "<style" not in markup and "class=" not in markup
+        assert markup.count(f'<div style="{STYLE["clip"]}">') == markup.count("<td")
+    assert "text-overflow:ellipsis" in STYLE["clip"] and "max-width" in STYLE["clip"]
+    assert cell(panels_["active"], "Prompt").startswith("word word")
