@@ -26,12 +26,12 @@ from .stress_run import StressRun
 from .sync import run
 
 if TYPE_CHECKING:  # visible to type checkers and IDEs; imported lazily at run time (below)
-    from . import alternatives, memory, plots, theory
+    from . import alternatives, memory, plots, queueing, theory
     from .dashboard import Dashboard, StressView
 
 # The notebook extra (ipywidgets, matplotlib) is optional: these load only when first used.
 _LAZY_ATTRS = {"Dashboard": ".dashboard", "StressView": ".dashboard"}
-_LAZY_MODULES = ("plots", "dashboard", "theory", "memory", "alternatives")
+_LAZY_MODULES = ("plots", "dashboard", "theory", "queueing", "memory", "alternatives")
 
 
 def __getattr__(name: str) -> object:
@@ -59,7 +59,7 @@ __all__ = [
     "QueuelabError", "QueueStateError", "SchedulerError", "RequestError", "RequestFailed", "RequestCancelled",
     "RequestRejected",
     # experiments and views
-    "stress", "StressRun", "Dashboard", "StressView", "plots", "theory", "memory", "alternatives",
+    "stress", "StressRun", "Dashboard", "StressView", "plots", "theory", "queueing", "memory", "alternatives",
     # helpers
     "run", "profile", "by_profile",
 ]

@@ -42,6 +42,13 @@ DEFAULT_ONLY: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    include_usage: StrictBool | None = False
+    # vLLM's: every chunk carries the usage so far (load generators read it to count tokens as they come).
+    continuous_usage_stats: StrictBool | None = False
+
+
 class _Body(BaseModel):
     # Unknown fields are an error that names them, not silently dropped.
     model_config = ConfigDict(extra="forbid")
@@ -52,20 +59,30 @@ class _Body(BaseModel):
     temperature: Number | None = Field(default=None, ge=0.0, le=2.0)
     seed: StrictInt | None = None
     stream: StrictBool = False
-    stream_options: dict[str, Any] | None = None
+    stream_options: StreamOptions | None = None
     user: StrictStr | None = None
     stop: StrictStr | list[StrictStr] | None = None
     ignore_eos: StrictBool = False  # vLLM's: go on past the end-of-sequence token
     min_tokens: StrictInt = Field(default=0, ge=0)  # vLLM's
 
     def gen_kwargs(self, default_max_tokens: int) -> dict[str, Any]:
+        """The queue's generation options; `default_max_tokens` when the request sets no limit."""
         return {"max_new_tokens": self.max_completion_tokens or self.max_tokens or default_max_tokens,
                 "temperature": 1.0 if self.temperature is None else self.temperature, "seed": self.seed,
                 "stop": self.stop, "ignore_eos": self.ignore_eos, "min_tokens": self.min_tokens}
 
     @property
     def include_usage(self) -> bool:
-        return bool(self.stream_options and self.stream_options.get("include_usage"))
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    @property
+    def continuous_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.continuous_usage_stats)
+
+    @property
+    def limit(self) -> int | None:
+        """The request's token limit, if it set one."""
+        return self.max_completion_tokens or self.max_tokens
 
 
 class CompletionBody(_Body):

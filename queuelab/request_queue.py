@@ -375,13 +375,17 @@ class RequestQueue:
             self._move(req, S.PROCESSING, now)
 
     def _postprocess(self, outcome: StepOutcome) -> None:
+        # Finished when the loop hands the answer over, not when the model thread produced it: the
+        # hop back to the loop is time the server is still busy with this request (and a caller
+        # cannot have the answer before it), so service time counts it and queueing theory's
+        # utilisation ρ = λ·S is the server's true occupancy.
+        now = time.perf_counter()
         for req in outcome.finished:
             seq = req.sequence
             assert seq is not None and seq.finished_at is not None
             if seq.first_token_at is not None:
                 _stamp_first_token(req, seq.first_token_at)
-            self._move(req, S.COMPLETED, seq.finished_at, completion=seq.completion())
-        now = time.perf_counter()
+            self._move(req, S.COMPLETED, now, completion=seq.completion())
         for req in outcome.failed:
             self._move(req, S.FAILED, now, error=outcome.error)
 

@@ -35,6 +35,7 @@ except ImportError as e:  # pragma: no cover - the server extra is missing
     raise ImportError("the server needs the server extra: pip install 'queuelab[server]' (make lab does it)") from e
 
 from . import openai_api as api
+from .generation import MAX_NEW_TOKENS_LIMIT
 from .request import Request, RequestError, RequestStatus
 from .request_queue import RequestQueue
 
@@ -136,10 +137,20 @@ def create_app(queue: RequestQueue, *, manage_queue: bool = True, drain_on_shutd
         if body.model is not None and body.model not in names:
             raise api.APIError(404, f"The model `{body.model}` does not exist; this server serves "
                                     f"{', '.join(map(repr, names))}", param="model", code="model_not_found")
-        req = queue.submit(prompt, stream=stream, chat_template=chat_template, **body.gen_kwargs(DEFAULT_MAX_TOKENS))
+        default = DEFAULT_MAX_TOKENS if not chat_template else rest_of_context(prompt)
+        req = queue.submit(prompt, stream=stream, chat_template=chat_template, **body.gen_kwargs(default))
         if req.status is RequestStatus.REJECTED:
             raise refusal_error(req)
         return req
+
+    def rest_of_context(prompt: Any) -> int:
+        """Chat's limit when a request sets none: as vLLM, the rest of the model's context (the answer
+        then ends at the model's end-of-sequence token), within the queue's own cap."""
+        try:
+            used = queue.model.count_tokens(prompt)
+        except Exception:  # noqa: BLE001 - a prompt the model cannot read is refused by submit(), with its reason
+            return DEFAULT_MAX_TOKENS
+        return max(1, min(MAX_NEW_TOKENS_LIMIT, queue.model.max_context - used))
 
     def refusal_error(req: Request) -> api.APIError:
         if req.refusal == "queue_full":
@@ -184,7 +195,10 @@ def create_app(queue: RequestQueue, *, manage_queue: bool = True, drain_on_shutd
             if chat:  # the first delta names the role, as OpenAI's does (clients build the message from it)
                 yield json.dumps(chunks.role())
             async for piece in req.stream():
-                yield json.dumps(chunks.text(piece))
+                chunk = chunks.text(piece)
+                if body.continuous_usage:  # vLLM's continuous_usage_stats: the usage so far, on every chunk
+                    chunk["usage"] = api.usage(req.prompt_tokens or 0, _tokens_so_far(req))
+                yield json.dumps(chunk)
             c = req.completion
             assert c is not None
             yield json.dumps({**chunks.finish(c.finish_reason), "queuelab": timing(req)})
@@ -213,34 +227,38 @@ def create_app(queue: RequestQueue, *, manage_queue: bool = True, drain_on_shutd
     def model_card(name: str) -> dict[str, Any]:
         return {"id": name, "object": "model", "created": 0, "owned_by": "queuelab"}
 
-    @app.get("/v1/models")
+    @app.api_route("/v1/models", methods=["GET", "HEAD"])  # HEAD: clients probe endpoints with it
     async def models() -> dict[str, Any]:
         return {"object": "list", "data": [model_card(n) for n in names]}
 
-    @app.get("/v1/models/{name:path}")
+    @app.api_route("/v1/models/{name:path}", methods=["GET", "HEAD"])
     async def model(name: str) -> dict[str, Any]:
         if name not in names:
             raise api.APIError(404, f"The model `{name}` does not exist", param="model", code="model_not_found")
         return model_card(name)
 
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])
     async def health() -> JSONResponse:
         h = queue.health()
         ok = queue.running and not app.state.stopping
         return JSONResponse({"status": "ok" if ok else h.state, "model_loaded": True, "model": model_name,
                              "worker_alive": h.worker_alive}, status_code=200 if ok else 503)
 
-    @app.get("/stats")
+    @app.api_route("/stats", methods=["GET", "HEAD"])
     async def stats() -> dict[str, Any]:
         return {**queue.stats().as_dict(), "http_refused": {str(k): v for k, v in sorted(refused.items())}}
 
     registry = metrics_registry(queue, refused)
 
-    @app.get("/metrics")
+    @app.api_route("/metrics", methods=["GET", "HEAD"])
     async def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def _tokens_so_far(req: Request) -> int:
+    return req.sequence.completion_tokens if req.sequence is not None else req.tokens_streamed
 
 
 def timing(req: Request) -> dict[str, float | None]:

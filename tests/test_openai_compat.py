@@ -294,3 +294,32 @@ async def test_any_admission_failure_is_a_rejection_not_an_escape():
     assert "lone surrogate" in reqs[2].error
     s = q.stats()
     assert s.submitted == s.rejected == 3
+
+
+async def test_chat_without_a_limit_may_use_the_rest_of_the_context_as_vllm():
+    q = ql.RequestQueue(ql.SimulatedModel(0.001, max_context=50))
+    async with q, client(create_app(q)) as c:
+        chat = (await post(c, "/v1/chat/completions", {"messages": [{"role": "user", "content": "one two three"}]})).json()
+        comp = (await post(c, "/v1/completions", {"prompt": "one two three"})).json()
+    assert chat["usage"]["completion_tokens"] == 50 - 3
+    assert comp["usage"]["completion_tokens"] == 16  # OpenAI's documented default for completions
+
+
+async def test_continuous_usage_stats_put_the_usage_so_far_on_every_chunk():
+    q = ql.RequestQueue(sim())
+    async with q, client(create_app(q)) as c:
+        ev = await events(c, "/v1/completions", {"prompt": "a b", "max_tokens": 3, "stream": True, "stream_options": {
+            "include_usage": True, "continuous_usage_stats": True}})
+        bad = await post(c, "/v1/completions", {"prompt": "a", "stream": True, "stream_options": {"frobnicate": 1}})
+    text_chunks = [e for e in ev if e["choices"] and e["choices"][0]["text"]]
+    assert [e["usage"]["completion_tokens"] for e in text_chunks] == [1, 2, 3]
+    assert all(e["usage"]["prompt_tokens"] == 2 for e in text_chunks)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "stream_options.frobnicate"
+
+
+async def test_get_endpoints_answer_head_as_probes_send_it():
+    q = ql.RequestQueue(sim())
+    async with q, client(create_app(q)) as c:
+        for path in ("/health", "/v1/models", "/v1/models/simulated", "/stats", "/metrics"):
+            assert (await c.head(path)).status_code == 200, path
+        assert (await c.get("/stats")).json()["http_refused"] == {}

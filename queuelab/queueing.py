@@ -1,0 +1,136 @@
+"""Queueing theory, checked: the formulas of `theory` against waits measured two ways.
+
+- **In virtual time** (`lindley`, `replicate`): a single FIFO server is fully described by its
+  arrival times and service times; each request's wait follows from the one before it (the Lindley
+  recursion, Wq[n+1] = max(0, Wq[n] + S[n] − gap[n+1])). No clock, no model: thousands of
+  independent replicates in milliseconds, so a learner sees how far one run of n requests may
+  honestly land from the formula.
+- **On the real clock** (`measure`): Poisson arrivals through an actual `RequestQueue`, the same
+  seeded schedule `stress.poisson` sends; the prediction is computed from what the run itself
+  measured (its arrival rate, its service times' mean and spread), never from what was configured.
+
+Agreement is a ratio, measured wait ÷ predicted wait, and it is reported with its spread over
+independent seeds (`agreement`).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import arrivals, theory
+from .checks import positive, positive_int
+from .simulated import ServiceTime
+
+
+def lindley(arrived: Iterable[float], service: Iterable[float]) -> np.ndarray:
+    """Each request's wait in a FIFO single-server queue, from arrival times and service times (seconds)."""
+    a, s = np.asarray(list(arrived), float), np.asarray(list(service), float)
+    if a.shape != s.shape:
+        raise ValueError(f"arrived and service differ in length ({a.size} vs {s.size})")
+    if a.size and np.any(np.diff(a) < 0):
+        raise ValueError("arrival times must be in order")
+    waits = np.zeros(a.size)
+    for i in range(1, a.size):
+        waits[i] = max(0.0, waits[i - 1] + s[i - 1] - (a[i] - a[i - 1]))
+    return waits
+
+
+def requests_for(rho: float, *, base: float = 100.0, low: int = 400, high: int = 20_000) -> int:
+    """Requests a run at load ρ needs to be near steady state: ∝ 1/(1 − ρ)², clipped to [low, high].
+
+    The relaxation time of a single-server queue grows like 1/(1 − ρ)², so a fixed n that is ample
+    at ρ = 0.3 is mostly warm-up at ρ = 0.95.
+    """
+    if not 0 < rho < 1:
+        raise ValueError(f"rho must be between 0 and 1 (a stable queue), got {rho!r}")
+    return int(min(high, max(low, base / (1 - rho) ** 2)))
+
+
+def path(service: ServiceTime, rho: float, n: int, seed: int) -> pd.DataFrame:
+    """The arrivals and service times that `stress.poisson(queue, rate=ρ/E[S], n=n, seed=seed)` on
+    `SimulatedModel(service, seed=seed)` meets: same offsets, same service draws, in virtual time."""
+    positive_int("n", n)
+    mean = service.mean(1)
+    offsets = arrivals.schedule("poisson", rho / mean, n=n, seed=seed)
+    rng = random.Random(seed)
+    draws = []
+    for _ in range(n):
+        rng.random()  # the model's failure draw, made for every request (see SimulatedModel)
+        draws.append(service.sample(rng, 1))
+    return pd.DataFrame({"arrived": offsets, "service": draws})
+
+
+def predicted(arrived: Any, service: Any, model: Callable[..., theory.Prediction] | None = None) -> theory.Prediction:
+    """The formula's prediction from a run's own measurements: its arrival rate and service moments.
+
+    `model` defaults to M/G/1 with the measured C²; pass `theory.md1` or `theory.mm1` to impose one.
+    """
+    a, s = np.asarray(arrived, float), np.asarray(service, float)
+    lam = (a.size - 1) / (a.max() - a.min())
+    mean = float(s.mean())
+    if model is None:
+        return theory.mg1(lam, mean, float(s.var() / mean**2))
+    return model(lam, mean)
+
+
+def replicate(service: ServiceTime, rho: float, *, seeds: Iterable[int] = range(20), n: int | None = None,
+              model: Callable[..., theory.Prediction] | None = None) -> pd.DataFrame:
+    """Independent virtual-time runs at load ρ: per seed, the measured ρ, mean wait, the prediction
+    from that run's own arrival rate and service moments, and their ratio."""
+    n = n or requests_for(rho)
+    rows = []
+    for seed in seeds:
+        p = path(service, rho, n, seed)
+        rows.append(_row(rho, seed, n, p.arrived, p.service, lindley(p.arrived, p.service), model))
+    return pd.DataFrame(rows)
+
+
+async def measure(make_model: Callable[[int], Any], rho: float, *, seed: int, n: int | None = None,
+                  mean_service: float, model: Callable[..., theory.Prediction] | None = None,
+                  **poisson: Any) -> dict[str, Any]:
+    """One real-clock run: Poisson arrivals at ρ / `mean_service` through a fresh `RequestQueue` on
+    `make_model(seed)`; the row `replicate` gives, plus Little's law as the run's sampler saw it and
+    the waits the Lindley recursion gives for the run's own arrivals and services (how much of any
+    gap from the formula is this path's randomness, and how much the queue's overhead)."""
+    from . import stress
+    from .request_queue import RequestQueue
+
+    positive("mean_service", mean_service)
+    n = n or requests_for(rho)
+    options = {"max_new_tokens": 1, **poisson}
+    async with RequestQueue(make_model(seed), max_queue_size=max(1000, n),
+                            sample_interval=min(0.25, max(0.002, mean_service))) as q:
+        run = await stress.poisson(q, rate=rho / mean_service, n=n, seed=seed, progress=False, **options)
+    r = run.requests.sort_values("arrived")
+    row = _row(rho, seed, n, r.arrived, r.service, r.wait, model)
+    row["lindley wait"] = float(lindley(r.arrived, r.service).mean())
+    row["little L (sampled)"], row["λ·W"] = run.summary["little_L"], run.summary["little_lambda_W"]
+    row["completed"] = int(run.summary["n_completed"])
+    return row
+
+
+def _row(rho: float, seed: int, n: int, arrived: Any, service: Any, waits: Any,
+         model: Callable[..., theory.Prediction] | None) -> dict[str, Any]:
+    p = predicted(arrived, service, model)
+    wait = float(np.mean(waits))
+    return {"target ρ": rho, "seed": seed, "n": n, "ρ": p.utilisation, "C²": p.scv, "wait": wait,
+            "predicted": p.mean_wait, "ratio": wait / p.mean_wait if p.mean_wait > 0 else math.nan}
+
+
+def agreement(rows: pd.DataFrame, by: str = "target ρ") -> pd.DataFrame:
+    """Per load: runs, mean of measured ÷ predicted, its standard deviation (one run's spread), and
+    the standard error of the mean over seeds."""
+    g = rows.groupby(by)["ratio"]
+    out = pd.DataFrame({"runs": g.size(), "ρ measured": rows.groupby(by)["ρ"].mean(), "mean ratio": g.mean(),
+                        "sd (one run)": g.std(ddof=1), "min": g.min(), "max": g.max()})
+    out["se (mean)"] = out["sd (one run)"] / np.sqrt(out["runs"])
+    return out
+
+
+__all__ = ["lindley", "requests_for", "path", "predicted", "replicate", "measure", "agreement"]
