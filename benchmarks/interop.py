@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -37,6 +38,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -354,6 +356,18 @@ def run_tool(run: ToolRun, tokenizer: Path) -> bool:
     return verdict(rc, tool, stats, out_dir)
 
 
+def refused_in_log(log: Path) -> Counter[str]:
+    """The requests the server answered with an error, from its access log: "METHOD /path -> status".
+
+    /stats counts refusals only by status; the log says which request it was.
+    """
+    found: Counter[str] = Counter()
+    for m in re.finditer(r'"(\w+) (\S+) HTTP/[\d.]+" (\d{3})', log.read_text(errors="replace")):
+        if int(m[3]) >= 400:
+            found[f"{m[1]} {m[2]} -> {m[3]}"] += 1
+    return found
+
+
 def verdict(rc: int, tool: Figures, stats: dict[str, Any], out_dir: Path) -> bool:
     problems = []
     if rc != 0:
@@ -366,8 +380,9 @@ def verdict(rc: int, tool: Figures, stats: dict[str, Any], out_dir: Path) -> boo
         if stats[key]:
             problems.append(f"server {key}: {stats[key]}")
     if stats["http_refused"]:
-        # Refused before the queue: a body the server did not accept. The server log has each request's status.
-        problems.append(f"server refused at the HTTP layer (status: count): {stats['http_refused']}; see {out_dir / 'server.log'}")
+        # Refused before the queue (a body, method or path the server does not accept): name each from the log.
+        which = ", ".join(f"{n} x {r}" for r, n in refused_in_log(out_dir / "server.log").items())
+        problems.append(f"server refused at the HTTP layer {stats['http_refused']}: {which or 'see server.log'}")
     if stats["completed"] != tool.completed:
         # Informational: a tool may send requests of its own (warm-up, probes) that the server counts too.
         print(f"  note: the server completed {stats['completed']}, the tool counts {fmt(tool.completed, digits=0)}")
@@ -381,7 +396,8 @@ def verdict(rc: int, tool: Figures, stats: dict[str, Any], out_dir: Path) -> boo
 # -- the openai SDK ---------------------------------------------------------------------------------------
 def openai_sdk_checks() -> bool:
     """The SDK's streaming helpers against a fresh server: the parts other clients build on."""
-    from openai import OpenAI
+    from openai import LengthFinishReasonError, OpenAI
+    from openai.types.chat import ChatCompletion
 
     print("\n== openai SDK ==", flush=True)
     server = start_server(RUNS / "openai-sdk" / "server.log")
@@ -390,14 +406,24 @@ def openai_sdk_checks() -> bool:
         client = OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=30)
         model = server.model_name()
         messages: list[Any] = [{"role": "user", "content": "Say hello."}]
-        with client.chat.completions.stream(model=model, messages=messages, max_tokens=8,
-                                            stream_options={"include_usage": True}) as stream:
-            final = stream.get_final_completion()
+        # The helper's final completion is parsed, and the SDK raises LengthFinishReasonError for any
+        # completion that ended by max_tokens (its rule, whatever the server). A sim: model always runs to
+        # max_tokens, so a stop string ends the answer first: the sim's 16 words cycle, "queue" among them.
+        final: ChatCompletion
+        try:
+            with client.chat.completions.stream(model=model, messages=messages, max_tokens=32, stop=["queue"],
+                                                stream_options={"include_usage": True}) as stream:
+                final = stream.get_final_completion()
+        except LengthFinishReasonError as e:
+            final = e.completion
+            results.append(("chat.completions.stream() ended by length (stop string not applied?)", False,
+                            f"finish_reason={final.choices[0].finish_reason!r}"))
         message = final.choices[0].message
         results.append(("chat.completions.stream() -> get_final_completion().usage is set",
                         final.usage is not None, f"usage={final.usage.model_dump() if final.usage else None}"))
         results.append(("  ... and message.role == 'assistant'", message.role == "assistant",
-                        f"role={message.role!r}, content={message.content!r}"))
+                        f"role={message.role!r}, content={message.content!r}, "
+                        f"finish_reason={final.choices[0].finish_reason!r}"))
 
         chunks = list(client.completions.create(model=model, prompt="Once upon a time", max_tokens=8, stream=True))
         text = "".join(c.choices[0].text for c in chunks if c.choices)
