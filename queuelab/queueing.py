@@ -28,6 +28,30 @@ from .checks import positive, positive_int
 from .simulated import ServiceTime
 
 
+class Empirical:
+    """A service-time distribution that draws from measured service times (a bootstrap): replicates
+    of a real model's queue without running the model."""
+
+    def __init__(self, seconds: Iterable[float]) -> None:
+        self.values = [float(v) for v in seconds]
+        if not self.values or min(self.values) <= 0:
+            raise ValueError("Empirical needs at least one service time, all > 0")
+        self._mean = float(np.mean(self.values))
+        self._scv = float(np.var(self.values) / self._mean**2)
+
+    def sample(self, rng: random.Random, tokens: int) -> float:
+        return rng.choice(self.values)
+
+    def mean(self, tokens: int) -> float:
+        return self._mean
+
+    def scv(self, tokens: int) -> float:
+        return self._scv
+
+    def __repr__(self) -> str:
+        return f"Empirical({len(self.values)} service times, mean {self._mean:.3g} s, C² {self._scv:.2f})"
+
+
 def lindley(arrived: Iterable[float], service: Iterable[float]) -> np.ndarray:
     """Each request's wait in a FIFO single-server queue, from arrival times and service times (seconds)."""
     a, s = np.asarray(list(arrived), float), np.asarray(list(service), float)
@@ -35,13 +59,15 @@ def lindley(arrived: Iterable[float], service: Iterable[float]) -> np.ndarray:
         raise ValueError(f"arrived and service differ in length ({a.size} vs {s.size})")
     if a.size and np.any(np.diff(a) < 0):
         raise ValueError("arrival times must be in order")
-    waits = np.zeros(a.size)
-    for i in range(1, a.size):
-        waits[i] = max(0.0, waits[i - 1] + s[i - 1] - (a[i] - a[i - 1]))
-    return waits
+    waits, w = [0.0] * a.size, 0.0
+    gaps, served = np.diff(a).tolist(), s.tolist()  # plain floats: ~10x faster in the loop than numpy scalars
+    for i, gap in enumerate(gaps, start=1):
+        w = max(0.0, w + served[i - 1] - gap)
+        waits[i] = w
+    return np.array(waits)
 
 
-def requests_for(rho: float, *, base: float = 100.0, low: int = 400, high: int = 20_000) -> int:
+def requests_for(rho: float, *, base: float = 100.0, low: int = 2000, high: int = 50_000) -> int:
     """Requests a run at load ρ needs to be near steady state: ∝ 1/(1 − ρ)², clipped to [low, high].
 
     The relaxation time of a single-server queue grows like 1/(1 − ρ)², so a fixed n that is ample
@@ -91,6 +117,18 @@ def replicate(service: ServiceTime, rho: float, *, seeds: Iterable[int] = range(
     return pd.DataFrame(rows)
 
 
+async def effective_service(make_model: Callable[[int], Any], n: int = 100, *, seed: int = 0, **options: Any) -> float:
+    """A model's mean service time as the queue serves it (thread hop and bookkeeping included), from
+    `n` requests sent one after another by one user: what to aim a load ρ with, since a configured
+    5 ms is served in a little more."""
+    from . import stress
+    from .request_queue import RequestQueue
+
+    async with RequestQueue(make_model(seed), max_queue_size=max(1000, n)) as q:
+        run = await stress.concurrency(q, users=1, n=n, seed=seed, progress=False, **{"max_new_tokens": 1, **options})
+    return float(run.requests.service.mean())
+
+
 async def measure(make_model: Callable[[int], Any], rho: float, *, seed: int, n: int | None = None,
                   mean_service: float, model: Callable[..., theory.Prediction] | None = None,
                   **poisson: Any) -> dict[str, Any]:
@@ -110,6 +148,9 @@ async def measure(make_model: Callable[[int], Any], rho: float, *, seed: int, n:
     r = run.requests.sort_values("arrived")
     row = _row(rho, seed, n, r.arrived, r.service, r.wait, model)
     row["lindley wait"] = float(lindley(r.arrived, r.service).mean())
+    # What the formula leaves out: the idle worker's wake-up, paid by each request that finds it idle.
+    idle = r.arrived >= r.finished.shift(1).cummax().fillna(-math.inf)
+    row["dispatch"] = float(r.wait[idle].mean()) if idle.any() else math.nan
     row["little L (sampled)"], row["λ·W"] = run.summary["little_L"], run.summary["little_lambda_W"]
     row["completed"] = int(run.summary["n_completed"])
     return row
@@ -119,7 +160,7 @@ def _row(rho: float, seed: int, n: int, arrived: Any, service: Any, waits: Any,
          model: Callable[..., theory.Prediction] | None) -> dict[str, Any]:
     p = predicted(arrived, service, model)
     wait = float(np.mean(waits))
-    return {"target ρ": rho, "seed": seed, "n": n, "ρ": p.utilisation, "C²": p.scv, "wait": wait,
+    return {"target ρ": rho, "seed": seed, "n": n, "ρ": p.utilisation, "S": p.service_time, "C²": p.scv, "wait": wait,
             "predicted": p.mean_wait, "ratio": wait / p.mean_wait if p.mean_wait > 0 else math.nan}
 
 
@@ -133,4 +174,4 @@ def agreement(rows: pd.DataFrame, by: str = "target ρ") -> pd.DataFrame:
     return out
 
 
-__all__ = ["lindley", "requests_for", "path", "predicted", "replicate", "measure", "agreement"]
+__all__ = ["Empirical", "lindley", "requests_for", "path", "predicted", "replicate", "effective_service", "measure", "agreement"]

@@ -200,20 +200,27 @@ async def incremental(queue: RequestQueue | Target, waves: Sequence[int] = (10, 
 
 
 async def rapid_fire(queue: RequestQueue | Target, n: int = 100, *, burst_s: float = 0.0,
-                     max_new_tokens: int = 32, temperature: float = 0.0, prompts: Sequence[str] | None = None,
-                     seed: int = 0, progress: bool | Progress = True, name: str | None = None,
-                     on_request_done: DoneCallback | None = None) -> StressRun:
-    """n requests as fast as possible (burst_s=0) or spread evenly over burst_s seconds."""
+                     max_new_tokens: int | Sequence[int] = 32, temperature: float = 0.0,
+                     prompts: Sequence[str] | None = None, seed: int = 0, progress: bool | Progress = True,
+                     name: str | None = None, on_request_done: DoneCallback | None = None) -> StressRun:
+    """n requests as fast as possible (burst_s=0) or spread evenly over burst_s seconds.
+
+    `max_new_tokens` may be a list, each request drawing its cap from it (seeded), as in open-loop runs.
+    """
     n = positive_int("n", n)
     burst = non_negative("burst_s", burst_s, unit="seconds")
-    gen = _gen(max_new_tokens, temperature)
+    caps = choose_caps(max_new_tokens, n, seed)
+    gen = _gen(max(caps), temperature)
     chosen = choose(n, prompts, np.random.default_rng(seed))
     offsets = (np.arange(n) * (burst / n)).tolist()
+    per_request = None if isinstance(max_new_tokens, int) else caps
 
     async def body(runner: _Runner, start: float) -> None:
-        await _send_on_schedule(runner, start, offsets, chosen)
+        await _send_on_schedule(runner, start, offsets, chosen, caps=per_request)
 
-    return await _experiment("rapid_fire", queue, {"n": n, "burst_s": burst}, gen=gen, seed=seed, total=n,
+    params = {"n": n, "burst_s": burst,
+              "max_new_tokens_choices": None if isinstance(max_new_tokens, int) else list(max_new_tokens)}
+    return await _experiment("rapid_fire", queue, params, gen=gen, seed=seed, total=n,
                              progress=progress, name=name, on_request_done=on_request_done, body=body)
 
 

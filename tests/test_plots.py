@@ -1,6 +1,8 @@
 """Every plot draws from a saved run, with the axes, series and labels it promises."""
 
 import matplotlib
+import numpy as np
+import pandas as pd
 import pytest
 
 import queuelab as ql
@@ -50,7 +52,7 @@ def test_depth_vs_throughput(saved_runs):
     fig = plots.depth_vs_throughput(run)
     (ax,) = fig.axes
     assert labels(ax) == ("achieved throughput (completed requests / s)", "queue depth (requests waiting)")
-    per_wave = [line for line in ax.get_lines() if line.get_label() == "per wave: peak depth"][0]
+    per_wave = [line for line in ax.get_lines() if line.get_label().startswith("per wave: peak depth")][0]
     assert list(per_wave.get_ydata()) == list(run.waves.peak_queue_depth) == [4, 8, 12]
     capacity = [line for line in ax.get_lines() if line.get_label().startswith("1 / mean service time")][0]
     assert capacity.get_xdata()[0] == pytest.approx(1 / run.summary["service_mean"])
@@ -88,3 +90,19 @@ def test_compare(saved_runs):
     assert ttft.get_ylabel() == "time to first token (s)"
     assert ttft.patches[2].get_height() == pytest.approx(saved_runs[0].summary["ttft_p99"])
     assert thr.patches[0].get_height() == pytest.approx(saved_runs[0].summary["req_per_s"])
+
+
+def test_timeline_shades_a_blocked_event_loop_and_draws_no_line_across_it():
+    from queuelab.plots import _stalls, timeline
+
+    t = [0.0, 0.25, 0.5, 3.5, 3.75]
+    tl = pd.DataFrame({"t": t, "uptime_s": t, "queue_depth": [2, 1, 1, 0, 0], "processing": [1, 1, 1, 0, 0],
+                       "submitted": 3, "completed": [0, 1, 1, 3, 3], "failed": 0, "req_per_s": 0.0,
+                       "tokens_per_s": 0.0, "loop_lag_s": [0.0, 0.001, 0.002, 2.75, 0.001]})
+    assert _stalls(tl) == [(0.75, 3.5)]  # the tick due at 0.75 s came 2.75 s late
+    fig = timeline(tl)
+    top = fig.axes[0]
+    assert any(p.get_label() == "event loop blocked: no samples" for p in top.patches)
+    depth = next(line for line in top.get_lines() if line.get_label().startswith("queue depth"))
+    y = np.asarray(depth.get_ydata(), float)
+    assert np.isnan(y).any()  # the line is broken at the stall

@@ -31,8 +31,8 @@ def test_lindley_is_a_fifo_server(jobs):
 
 
 def test_requests_scale_with_the_relaxation_time():
-    assert queueing.requests_for(0.3) == 400 and queueing.requests_for(0.9) == 10_000
-    assert queueing.requests_for(0.999) == 20_000
+    assert queueing.requests_for(0.3) == 2000 and queueing.requests_for(0.9) == 10_000
+    assert queueing.requests_for(0.999) == 50_000
     with pytest.raises(ValueError, match="stable"):
         queueing.requests_for(1.0)
 
