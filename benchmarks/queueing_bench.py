@@ -24,10 +24,10 @@ import queuelab as ql
 from queuelab import queueing
 
 QUICK = "--quick" in sys.argv
-SCALES = [0.002, 0.02] if QUICK else [0.002, 0.01, 0.05]
+SCALES = [0.002, 0.02] if QUICK else [0.002, 0.01, 0.03]
 LOADS = [0.3, 0.6, 0.9]
-SEEDS = range(3 if QUICK else 5)
-BUDGET_S = 8 if QUICK else 20  # seconds of arrivals per run, at most: n = min(requests_for(ρ), budget)
+SEEDS = range(3 if QUICK else 4)
+BUDGET_S = 8 if QUICK else 12  # seconds of arrivals per run, at most: n = min(requests_for(ρ), budget)
 
 
 def model(scale: float):
