@@ -147,6 +147,13 @@ async def measure(make_model: Callable[[int], Any], rho: float, *, seed: int, n:
         run = await stress.poisson(q, rate=rho / mean_service, n=n, seed=seed, progress=False, **options)
     r = run.requests.sort_values("arrived")
     row = _row(rho, seed, n, r.arrived, r.service, r.wait, model)
+    # The server's occupancy per request: its busy time (serving, hand-offs, waking up) ÷ requests.
+    # Theory given this instead of the requests' own service times sees everything the queue does.
+    occupied = q.busy_s / len(r)
+    occ = theory.mg1((len(r) - 1) / (r.arrived.max() - r.arrived.min()), occupied,
+                     float(r.service.var() / occupied**2))
+    row["S occupied"], row["ρ occupied"] = occupied, occ.utilisation
+    row["ratio (occupancy)"] = row["wait"] / occ.mean_wait if occ.mean_wait > 0 else math.nan
     row["lindley wait"] = float(lindley(r.arrived, r.service).mean())
     # What the formula leaves out: the idle worker's wake-up, paid by each request that finds it idle.
     idle = r.arrived >= r.finished.shift(1).cummax().fillna(-math.inf)
