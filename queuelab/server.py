@@ -194,10 +194,14 @@ def create_app(queue: RequestQueue, *, manage_queue: bool = True, drain_on_shutd
         try:
             if chat:  # the first delta names the role, as OpenAI's does (clients build the message from it)
                 yield json.dumps(chunks.role())
+            delivered = 0
             async for piece in req.stream():
                 chunk = chunks.text(piece)
+                delivered += 1
                 if body.continuous_usage:  # vLLM's continuous_usage_stats: the usage so far, on every chunk
-                    chunk["usage"] = api.usage(req.prompt_tokens or 0, _tokens_so_far(req))
+                    # Counted by what this stream has handed out, not by what the model has produced by
+                    # now: on a busy loop the model runs ahead of the stream.
+                    chunk["usage"] = api.usage(req.prompt_tokens or 0, min(delivered, _tokens_so_far(req)))
                 yield json.dumps(chunk)
             c = req.completion
             assert c is not None
