@@ -282,7 +282,29 @@ def live_plot_html(tl: Any) -> str:
     return f"<div>{depth}{rate}</div>"
 
 
-class StressView(_LiveView, WaveTally):
+class _HTMLView(_LiveView):
+    """A view that is one HTML widget, redrawn from `_html()` until `closed`; its snapshot is the same HTML."""
+
+    widget: Any
+    closed: bool
+
+    def _html(self) -> str:
+        raise NotImplementedError
+
+    async def refresh(self) -> None:
+        self.final_refresh()
+
+    def final_refresh(self) -> None:
+        self._set(self.widget, value=self._html())
+
+    def _finished(self) -> bool:
+        return self.closed
+
+    def snapshot_html(self) -> str:
+        return self._html()
+
+
+class StressView(_HTMLView, WaveTally):
     """A live per-wave table for a stress experiment: pass it as `progress=`.
 
         view = ql.StressView()
@@ -293,7 +315,7 @@ class StressView(_LiveView, WaveTally):
         _LiveView.__init__(self)
         WaveTally.__init__(self)
         self.interval = interval
-        self.table = widgets.HTML()
+        self.table = self.widget = widgets.HTML()
 
     def show(self) -> StressView:
         self.table.value = _panel(self.title, "<i>waiting for the experiment to start</i>")
@@ -318,20 +340,9 @@ class StressView(_LiveView, WaveTally):
         return _panel(f"{self.title}: {self.done_count}{total} requests done ({state})",
                       _rows(body, head=["wave", "sent", "done", "success", "req/s", "e2e p50", "e2e p99"]))
 
-    async def refresh(self) -> None:
-        self.final_refresh()
-
-    def final_refresh(self) -> None:
-        self._set(self.table, value=self._html())
-
-    def _finished(self) -> bool:
-        return self.closed
-
-    def snapshot_html(self) -> str:
-        return self._html()
 
 
-class ProgressBar(_LiveView):
+class ProgressBar(_HTMLView):
     """`progress=True` in a notebook: a bar that moves while the experiment runs and is saved at its
     final count. (A tqdm widget is saved as its text fallback, written when it was created: "0%".)"""
 
@@ -341,7 +352,7 @@ class ProgressBar(_LiveView):
         self.total: int | None = None
         self.desc, self.n, self.closed = "", 0, False
         self._t0 = time.perf_counter()
-        self.html = widgets.HTML()
+        self.html = self.widget = widgets.HTML()
 
     # -- the Progress protocol ----------------------------------------------------------------------
     def start(self, total: int | None, desc: str) -> None:
@@ -358,19 +369,6 @@ class ProgressBar(_LiveView):
     def close(self) -> None:
         self.closed = True
         self.stop()  # synchronously, inside the experiment's cell: its output keeps the final bar
-
-    # -- the live view ----------------------------------------------------------------------------
-    async def refresh(self) -> None:
-        self.final_refresh()
-
-    def final_refresh(self) -> None:
-        self._set(self.html, value=self._html())
-
-    def _finished(self) -> bool:
-        return self.closed
-
-    def snapshot_html(self) -> str:
-        return self._html()
 
     def _html(self) -> str:
         elapsed = time.perf_counter() - self._t0

@@ -150,8 +150,7 @@ async def measure(make_model: Callable[[int], Any], rho: float, *, seed: int, n:
     # The server's occupancy per request: its busy time (serving, hand-offs, waking up) ÷ requests.
     # Theory given this instead of the requests' own service times sees everything the queue does.
     occupied = q.busy_s / len(r)
-    occ = theory.mg1((len(r) - 1) / (r.arrived.max() - r.arrived.min()), occupied,
-                     float(r.service.var() / occupied**2))
+    occ = theory.mg1(row["ρ"] / row["S"], occupied, float(r.service.var() / occupied**2))  # λ = ρ / S
     row["S occupied"], row["ρ occupied"] = occupied, occ.utilisation
     row["ratio (occupancy)"] = row["wait"] / occ.mean_wait if occ.mean_wait > 0 else math.nan
     row["lindley wait"] = float(lindley(r.arrived, r.service).mean())
