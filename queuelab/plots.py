@@ -68,7 +68,9 @@ def timeline(source: StressRun | RequestQueue | pd.DataFrame, *, size: tuple[flo
     tl = _break_at(tl, stalls)
     x = tl.t - t0
     top.step(x, tl.queue_depth, where="post", label="queue depth (waiting)", color="#4c72b0")
-    top.step(x, tl.processing, where="post", label="processing (batch size)", color="#c44e52")
+    batched = bool((tl.processing.fillna(0) > 1).any())  # "batch size" means nothing to a one-at-a-time queue
+    top.step(x, tl.processing, where="post", label="processing (batch size)" if batched else "processing",
+             color="#c44e52")
     top.set_ylabel("requests")
     top.set_title("Queue depth and processing over time")
     bottom.plot(x, tl.req_per_s, color="#55a868", label="completed req/s (sliding window)")

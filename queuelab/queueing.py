@@ -67,6 +67,27 @@ def lindley(arrived: Iterable[float], service: Iterable[float]) -> np.ndarray:
     return np.array(waits)
 
 
+def server_time(arrived: Any, finished: Any) -> pd.DataFrame:
+    """A sequential run's waits and service times as queueing theory's server counts them.
+
+    The queue stamps a request's wait until its worker picks it up; the theory's server has no
+    worker to wake and no bookkeeping between requests. Here each request's service starts when the
+    server became free for it, max(its arrival, the previous request's finish), and ends at its own
+    finish: the idle worker's wake-up and the hand-off between requests become server time, spent
+    on that request. Latency (finish − arrival) is unchanged; only the split moves. In arrival order.
+    """
+    a, f = np.asarray(arrived, float), np.asarray(finished, float)
+    if a.shape != f.shape:
+        raise ValueError(f"arrived and finished differ in length ({a.size} vs {f.size})")
+    order = np.lexsort((f, a))  # by arrival; requests arriving together were served in finishing order
+    a, f = a[order], f[order]
+    if np.any(f < a):
+        raise ValueError("a request finished before it arrived")
+    free = np.concatenate([[-np.inf], np.maximum.accumulate(f)[:-1]])  # when the server became free for each
+    begun = np.maximum(a, free)
+    return pd.DataFrame({"arrived": a, "wait": begun - a, "service": f - begun})
+
+
 def requests_for(rho: float, *, base: float = 100.0, low: int = 2000, high: int = 50_000) -> int:
     """Requests a run at load ρ needs to be near steady state: ∝ 1/(1 − ρ)², clipped to [low, high].
 
@@ -118,15 +139,18 @@ def replicate(service: ServiceTime, rho: float, *, seeds: Iterable[int] = range(
 
 
 async def effective_service(make_model: Callable[[int], Any], n: int = 100, *, seed: int = 0, **options: Any) -> float:
-    """A model's mean service time as the queue serves it (thread hop and bookkeeping included), from
-    `n` requests sent one after another by one user: what to aim a load ρ with, since a configured
-    5 ms is served in a little more."""
+    """A model's mean service time as the queue serves it, from `n` requests sent one after another
+    by one user: what to aim a load ρ with, since a configured 5 ms is served in a little more.
+
+    Counted as the server's time (`server_time`): the worker's wake-up, the thread hop and the
+    bookkeeping are all in it, as they are in the server's occupancy under load.
+    """
     from . import stress
     from .request_queue import RequestQueue
 
     async with RequestQueue(make_model(seed), max_queue_size=max(1000, n)) as q:
         run = await stress.concurrency(q, users=1, n=n, seed=seed, progress=False, **{"max_new_tokens": 1, **options})
-    return float(run.requests.service.mean())
+    return float(server_time(run.requests.arrived, run.requests.finished).service.mean())
 
 
 async def measure(make_model: Callable[[int], Any], rho: float, *, seed: int, n: int | None = None,
@@ -147,16 +171,15 @@ async def measure(make_model: Callable[[int], Any], rho: float, *, seed: int, n:
         run = await stress.poisson(q, rate=rho / mean_service, n=n, seed=seed, progress=False, **options)
     r = run.requests.sort_values("arrived")
     row = _row(rho, seed, n, r.arrived, r.service, r.wait, model)
-    # The server's occupancy per request: its busy time (serving, hand-offs, waking up) ÷ requests.
-    # Theory given this instead of the requests' own service times sees everything the queue does.
-    occupied = q.busy_s / len(r)
-    occ = theory.mg1(row["ρ"] / row["S"], occupied, float(r.service.var() / occupied**2))  # λ = ρ / S
-    row["S occupied"], row["ρ occupied"] = occupied, occ.utilisation
-    row["ratio (occupancy)"] = row["wait"] / occ.mean_wait if occ.mean_wait > 0 else math.nan
     row["lindley wait"] = float(lindley(r.arrived, r.service).mean())
     # What the formula leaves out: the idle worker's wake-up, paid by each request that finds it idle.
     idle = r.arrived >= r.finished.shift(1).cummax().fillna(-math.inf)
     row["dispatch"] = float(r.wait[idle].mean()) if idle.any() else math.nan
+    # The same run with that wake-up and the hand-offs counted as the server's time (`server_time`).
+    server = server_time(r.arrived, r.finished)
+    theirs = predicted(server.arrived, server.service, model)
+    row["server S"], row["server ρ"], row["server wait"] = theirs.service_time, theirs.utilisation, float(server.wait.mean())
+    row["server ratio"] = row["server wait"] / theirs.mean_wait if theirs.mean_wait > 0 else math.nan
     row["little L (sampled)"], row["λ·W"] = run.summary["little_L"], run.summary["little_lambda_W"]
     row["completed"] = int(run.summary["n_completed"])
     return row
@@ -180,4 +203,4 @@ def agreement(rows: pd.DataFrame, by: str = "target ρ") -> pd.DataFrame:
     return out
 
 
-__all__ = ["Empirical", "lindley", "requests_for", "path", "predicted", "replicate", "effective_service", "measure", "agreement"]
+__all__ = ["Empirical", "lindley", "server_time", "requests_for", "path", "predicted", "replicate", "effective_service", "measure", "agreement"]

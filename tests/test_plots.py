@@ -30,11 +30,18 @@ def test_timeline(saved_runs):
     fig = plots.timeline(saved_runs[0])
     top, bottom = fig.axes
     assert isinstance(fig, matplotlib.figure.Figure)
-    assert [line.get_label() for line in top.get_lines()] == ["queue depth (waiting)", "processing (batch size)"]
+    # A one-at-a-time queue processes 0 or 1: its legend says "processing", not "batch size".
+    assert [line.get_label() for line in top.get_lines()] == ["queue depth (waiting)", "processing"]
     assert labels(bottom) == ("time since start (s)", "requests / s") and top.get_ylabel() == "requests"
     assert len(top.patches) == 3  # one shaded span per wave
     depth = top.get_lines()[0].get_ydata()
     assert max(depth) <= 12 and list(depth) == list(saved_runs[0].timeline.queue_depth)
+
+
+def test_timeline_names_the_batch_size_when_there_are_batches(saved_runs):
+    batched = saved_runs[0].timeline.assign(processing=lambda t: t.processing * 3)
+    top = plots.timeline(batched).axes[0]
+    assert top.get_lines()[1].get_label() == "processing (batch size)"
 
 
 def test_timeline_of_a_live_queue():

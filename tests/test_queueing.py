@@ -32,6 +32,30 @@ def test_lindley_is_a_fifo_server(jobs):
         free = start + s
 
 
+@given(st.lists(st.tuples(st.floats(0, 10), st.floats(0, 5), st.floats(0, 1), st.floats(0, 1)), min_size=1, max_size=40))
+def test_server_time_moves_the_queue_overhead_from_wait_to_service(jobs):
+    """A FIFO run whose worker picks each request up late (a wake-up or a hand-off) and finishes it
+    after its service: counted as server time, the run is exactly the Lindley server of its own
+    arrivals and service times, and each request's latency is unchanged."""
+    gaps, service, pickup, handoff = map(np.array, zip(*jobs))
+    arrived, finished, free = np.cumsum(gaps), [], 0.0
+    for a, s, late, hand in zip(arrived, service, pickup, handoff):
+        free = max(a, free) + late + s + hand
+        finished.append(free)
+    view = queueing.server_time(arrived[::-1], np.array(finished)[::-1])  # any order in, arrival order out
+    assert list(view.arrived) == sorted(arrived)
+    assert np.allclose(view.wait + view.service, np.array(finished) - arrived)
+    assert np.allclose(queueing.lindley(view.arrived, view.service), view.wait, atol=1e-9)
+    assert (view.service.to_numpy() >= service - 1e-9).all() and (view.wait >= 0).all()
+
+
+def test_server_time_names_bad_input():
+    with pytest.raises(ValueError, match="differ in length"):
+        queueing.server_time([0, 1], [1])
+    with pytest.raises(ValueError, match="finished before it arrived"):
+        queueing.server_time([0, 2], [1, 1.5])
+
+
 def test_requests_scale_with_the_relaxation_time():
     assert queueing.requests_for(0.3) == 2000 and queueing.requests_for(0.9) == 10_000
     assert queueing.requests_for(0.999) == 50_000
@@ -75,6 +99,8 @@ async def test_a_real_clock_run_is_the_fifo_server_of_its_own_path():
     assert row["completed"] == 600 and 0.4 < row["ρ"] < 0.95
     # The queue adds no hidden busy time: its waits are what the run's own arrivals and service times give.
     assert row["wait"] == pytest.approx(row["lindley wait"], rel=0.2, abs=3e-4)
+    # Counted as server time, the overhead leaves waits no longer and service no shorter than the stamps'.
+    assert row["server wait"] <= row["wait"] and row["server S"] >= row["S"] and row["server ρ"] >= row["ρ"]
     assert row["little L (sampled)"] == pytest.approx(row["λ·W"], rel=0.5, abs=0.2)
 
 
