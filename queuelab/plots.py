@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from .request_queue import RequestQueue
 from .stress_run import StressRun
@@ -72,6 +73,7 @@ def timeline(source: StressRun | RequestQueue | pd.DataFrame, *, size: tuple[flo
     top.step(x, tl.processing, where="post", label="processing (batch size)" if batched else "processing",
              color="#c44e52")
     top.set_ylabel("requests")
+    top.yaxis.set_major_locator(MaxNLocator(integer=True))  # requests come whole: no 2.5 ticks
     top.set_title("Queue depth and processing over time")
     bottom.plot(x, tl.req_per_s, color="#55a868", label="completed req/s (sliding window)")
     bottom.set_ylabel("requests / s")
@@ -87,7 +89,7 @@ def timeline(source: StressRun | RequestQueue | pd.DataFrame, *, size: tuple[flo
         for a in (top, bottom):
             a.axvspan(begin - t0, end - t0, color="#888888", alpha=0.25, lw=0,
                       label="event loop blocked: no samples" if i == 0 and a is top else None)
-    top.legend(loc="center right", fontsize=8)
+    top.legend(loc="best", fontsize=8)  # the queue drains in staircases: let matplotlib find the free corner
     bottom.legend(loc="lower right", fontsize=8)
     return fig
 
@@ -330,6 +332,6 @@ def gantt(source: StressRun | pd.DataFrame, *, size: tuple[float, float] | None 
     ax.set_yticks(rows, [f"#{i}" for i in r["id"]])
     ax.invert_yaxis()
     ax.set_xlabel("seconds since the first arrival")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper right", fontsize=8)  # a FIFO staircase leaves the top right empty
     ax.grid(axis="x", alpha=0.3)
     return fig
