@@ -81,6 +81,8 @@ def server_time(arrived: Any, finished: Any) -> pd.DataFrame:
         raise ValueError(f"arrived and finished differ in length ({a.size} vs {f.size})")
     order = np.lexsort((f, a))  # by arrival; requests arriving together were served in finishing order
     a, f = a[order], f[order]
+    if np.isnan(a).any() or np.isnan(f).any():
+        raise ValueError("arrived and finished need a time for every request: pass completed requests only")
     if np.any(f < a):
         raise ValueError("a request finished before it arrived")
     free = np.concatenate([[-np.inf], np.maximum.accumulate(f)[:-1]])  # when the server became free for each
@@ -159,7 +161,9 @@ async def measure(make_model: Callable[[int], Any], rho: float, *, seed: int, n:
     """One real-clock run: Poisson arrivals at ρ / `mean_service` through a fresh `RequestQueue` on
     `make_model(seed)`; the row `replicate` gives, plus Little's law as the run's sampler saw it and
     the waits the Lindley recursion gives for the run's own arrivals and services (how much of any
-    gap from the formula is this path's randomness, and how much the queue's overhead)."""
+    gap from the formula is this path's randomness, and how much the queue's overhead), and the
+    same comparison with that overhead counted as server time (`server S`, `server ρ`,
+    `server wait`, `server ratio`; see `server_time`)."""
     from . import stress
     from .request_queue import RequestQueue
 

@@ -54,6 +54,8 @@ def test_server_time_names_bad_input():
         queueing.server_time([0, 1], [1])
     with pytest.raises(ValueError, match="finished before it arrived"):
         queueing.server_time([0, 2], [1, 1.5])
+    with pytest.raises(ValueError, match="completed requests only"):
+        queueing.server_time([0, 1], [1, float("nan")])
 
 
 def test_requests_scale_with_the_relaxation_time():
