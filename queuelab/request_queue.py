@@ -121,10 +121,6 @@ class RequestQueue:
         self._workers: list[asyncio.Task[None]] = []
         self._started_at: float | None = None
         self._stopped_at: float | None = None
-        # Occupancy: worker-seconds spent asleep with nothing to do, and when work last woke them.
-        self._idle_s = 0.0
-        self._asleep: dict[int, float] = {}  # runner id -> when its worker went to sleep (while it sleeps)
-        self._work_arrived_at = -float("inf")
         self._model_info: dict[str, Any] = {}
         self._runners = [StepRunner(m) for m in models]
         self._runner = self._runners[0]
@@ -253,7 +249,6 @@ class RequestQueue:
             assert self._loop is not None
             self._timers[req.id] = self._loop.call_later(self.request_timeout, self._expire, req)
         assert self._wakeup is not None
-        self._work_arrived_at = now
         self._wakeup.set()
         if self.scheduler.admits_while_running:
             for runner in self._runners:
@@ -360,18 +355,11 @@ class RequestQueue:
                 raise SchedulerError(f"{scheduler!r} waits forever with {len(self._waiting)} requests waiting "
                                    "and nothing running")
             self._wakeup.clear()
-            asleep = self._asleep[id(runner)] = time.perf_counter()
-            timeout = None if until is None else max(0.0, until - asleep)
+            timeout = None if until is None else max(0.0, until - time.perf_counter())
             try:
                 await asyncio.wait_for(self._wakeup.wait(), timeout)
             except TimeoutError:
                 pass
-            finally:
-                del self._asleep[id(runner)]
-            # Idle until the work arrived, not until the loop got round to waking us: the wake-up
-            # itself is time a waiting request spends on the server's account.
-            woke = self._work_arrived_at if self._work_arrived_at >= asleep else time.perf_counter()
-            self._idle_s += max(0.0, woke - asleep)
 
     def _begin(self, step: Step, runner: StepRunner, scheduler: Scheduler) -> None:
         """Check the scheduler's step and move the requests it admits to PROCESSING."""
@@ -509,17 +497,6 @@ class RequestQueue:
     def histograms(self) -> dict[str, Histogram]:
         """Cumulative latency histograms (wait, service, ttft, e2e) of completed requests, for Prometheus."""
         return self._latency.histograms
-
-    @property
-    def busy_s(self) -> float:
-        """Worker-seconds the queue's workers were occupied since start: every moment not spent asleep
-        with nothing to do (serving, the hand-offs between requests, waking up for one). Divided by
-        the completed requests, it is the service time queueing theory should be given."""
-        if self._started_at is None:
-            return 0.0
-        now = self._stopped_at or time.perf_counter()
-        sleeping = sum(now - since for since in self._asleep.values())  # the sleeps still going on
-        return max(0.0, (now - self._started_at) * len(self.models) - self._idle_s - sleeping)
 
     @property
     def total_tokens(self) -> int:
