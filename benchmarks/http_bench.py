@@ -24,7 +24,7 @@ import httpx
 
 import queuelab as ql
 from queuelab import stress
-from queuelab.http_target import HTTPTarget
+from queuelab.load.http_target import HTTPTarget
 
 
 def start_server(model: str, port: int) -> subprocess.Popen:

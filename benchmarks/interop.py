@@ -113,7 +113,7 @@ def tokenizer_dir() -> Path:
 
     Both tools would otherwise fetch a tokenizer from the Hugging Face hub, which is not reachable here.
     """
-    from queuelab.embedded import tokenizer_dir as cached
+    from queuelab.models.embedded import tokenizer_dir as cached
 
     return cached().path
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .checks import positive_int
+from queuelab.checks import positive_int
 
 PROMPTS_FILE = resources.files("queuelab") / "data" / "prompts.jsonl"
 OUTPUT_CLASSES = ("short", "medium", "long")  # expected answer length

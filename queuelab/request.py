@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from .errors import QueuelabError
-from .generation import Completion, GenerationParams
-from .sequence import Sequence
+from queuelab.errors import RequestCancelled, RequestFailed, RequestRejected
+from queuelab.generation import Completion, GenerationParams
+from queuelab.sequence import Sequence
 
 
 class RequestStatus(StrEnum):
@@ -39,26 +39,6 @@ TRANSITIONS: dict[RequestStatus | None, frozenset[RequestStatus]] = {
     RequestStatus.QUEUED: frozenset({RequestStatus.PROCESSING, RequestStatus.CANCELLED}),
     RequestStatus.PROCESSING: frozenset({RequestStatus.COMPLETED, RequestStatus.FAILED}),
 }
-
-
-class RequestError(QueuelabError):
-    """Raised by `await request` when a request did not complete. `.request` holds the record."""
-
-    def __init__(self, request: Request) -> None:
-        super().__init__(f"request {request.id} {request.status}: {request.error}")
-        self.request = request
-
-
-class RequestFailed(RequestError):
-    """The model raised while serving the request."""
-
-
-class RequestCancelled(RequestError):
-    """The request was cancelled while queued (by the caller, a timeout, or shutdown)."""
-
-
-class RequestRejected(RequestError):
-    """The queue refused the request at the door (invalid input, queue full, queue stopped)."""
 
 
 _ERRORS = {

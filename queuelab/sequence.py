@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .generation import Completion, FinishReason, GenerationParams
+from queuelab.generation import Completion, FinishReason, GenerationParams
 
 TokenCallback = Callable[[str], None]
 

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from .errors import QueueStateError
+from queuelab.errors import QueueStateError
 
 T = TypeVar("T")
 

@@ -12,7 +12,7 @@ from typing import Any
 import uvicorn
 
 import queuelab as ql
-from queuelab.server import create_app
+from queuelab.serve.server import create_app
 
 
 def free_port() -> int:

@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from queuelab import arrivals
+from queuelab.load import arrivals
 
 
 def cv(offsets):

@@ -141,7 +141,7 @@ async def test_a_fault_in_prefill_fails_only_the_joining_requests():
 
 
 async def test_observers_see_the_whole_batch():
-    from queuelab import panels
+    from queuelab.observe import panels
 
     model = ql.SimulatedModel(step_costs=ql.StepCosts(decode_base_s=0.005))
     async with ql.RequestQueue(model, scheduler=ql.ContinuousBatchScheduler(max_batch=4)) as q:

@@ -147,7 +147,8 @@ def test_a_second_signal_stops_now_and_answers_the_waiting():
 
 
 def test_sim_steps_model_spec():
-    from queuelab.cli import CLIError, make_model
+    from queuelab.errors import CLIError
+    from queuelab.serve.cli import make_model
 
     m = make_model("sim-steps:0.01,0.002,0.0005")
     assert (m.step_costs.decode(4), m.step_costs.prefill(10)) == pytest.approx((0.018, 0.005))
@@ -160,7 +161,7 @@ def test_a_server_without_health_is_checked_through_its_model_list():
     import http.server
     import threading
 
-    from queuelab.cli import health
+    from queuelab.serve.cli import health
 
     class ModelsOnly(http.server.BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 - the stdlib's name

@@ -153,9 +153,9 @@ def test_headless_notebook_does_not_hang_and_keeps_a_static_snapshot(tmp_path):
 async def test_notebook_and_terminal_show_the_same_panels():
     from rich.console import Console
 
-    from queuelab import panels
-    from queuelab.dashboard import panel_html
-    from queuelab.terminal import monitor_view
+    from queuelab.observe import panels
+    from queuelab.observe.dashboard import panel_html
+    from queuelab.observe.terminal import monitor_view
 
     async with ql.RequestQueue(ql.SimulatedModel(0.002, fail_if=lambda p: "[b]" in p, name="[b]sim")) as q:
         await asyncio.gather(*(q.submit(p) for p in ("ok", "[b]x", "fine")), return_exceptions=True)
@@ -173,7 +173,7 @@ async def test_notebook_and_terminal_show_the_same_panels():
 async def test_panels_carry_their_styles_inline_and_clip_long_text():
     # JupyterLab drops <style> blocks from untrusted notebooks and restyles tables by class: the
     # panels must look the same without either.
-    from queuelab.dashboard import STYLE, panel_html
+    from queuelab.observe.dashboard import STYLE, panel_html
 
     async with ql.RequestQueue(ql.SimulatedModel(0.3)) as q:
         q.submit("word " * 400, max_new_tokens=1)

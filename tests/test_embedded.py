@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from queuelab import embedded
+from queuelab.models import embedded
 
 
 def writer(calls):

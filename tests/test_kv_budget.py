@@ -4,8 +4,8 @@ import pandas as pd
 import pytest
 
 import queuelab as ql
-from queuelab import kv_budget
 from queuelab.generation import GenerationParams
+from queuelab.lab import kv_budget
 
 
 def test_bytes_per_token_of_the_tiny_model(tiny):

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import queuelab as ql
-from queuelab import transformers_model
 from queuelab.generation import MAX_NEW_TOKENS_LIMIT
+from queuelab.models import transformers_model
 
 PROMPTS = ["What is a queue?", "Write one long sentence about waiting in line at a bakery on a Sunday.", "Hi"]
 

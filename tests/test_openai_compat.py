@@ -11,8 +11,8 @@ import pytest
 
 import queuelab as ql
 from queuelab import stress
-from queuelab.http_target import HTTPTarget
-from queuelab.server import create_app
+from queuelab.load.http_target import HTTPTarget
+from queuelab.serve.server import create_app
 
 from .server_thread import ServerThread
 

@@ -100,7 +100,7 @@ def test_compare(saved_runs):
 
 
 def test_timeline_shades_a_blocked_event_loop_and_draws_no_line_across_it():
-    from queuelab.plots import _stalls, timeline
+    from queuelab.observe.plots import _stalls, timeline
 
     t = [0.0, 0.25, 0.5, 3.5, 3.75]
     tl = pd.DataFrame({"t": t, "uptime_s": t, "queue_depth": [2, 1, 1, 0, 0], "processing": [1, 1, 1, 0, 0],

@@ -8,7 +8,7 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
-from queuelab import embedded
+from queuelab.models import embedded
 
 ROOT = Path(__file__).resolve().parents[1]
 CONDA_NAMES = {"torch": "pytorch", "prometheus-client": "prometheus_client"}  # conda-forge names that differ from PyPI's

@@ -3,7 +3,7 @@
 import pytest
 
 import queuelab as ql
-from queuelab import embedded
+from queuelab.models import embedded
 
 pytestmark = pytest.mark.real_model
 

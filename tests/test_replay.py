@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import queuelab as ql
-from queuelab import replay as rp
+from queuelab.load import replay as rp
 
 COSTS = ql.StepCosts(decode_base_s=0.012, decode_per_seq_s=0.002, prefill_base_s=0.004, prefill_per_token_s=0.0002)
 MAKERS = {
@@ -100,7 +100,7 @@ def test_bad_jobs_are_refused():
 
 
 async def test_a_twin_from_one_burst_has_the_real_answer_lengths_and_step_costs(tiny):
-    from queuelab.calibration import twin_from_burst
+    from queuelab.lab.twins import twin_from_burst
 
     prompts = [p["prompt"] for p in ql.prompts.load_prompts()][:12]
     twin, run = await twin_from_burst(tiny, max_new_tokens=6, max_batch=4, prompts=prompts)
@@ -131,7 +131,7 @@ async def test_a_linear_fit_recovers_step_costs_from_a_draining_burst():
 
 
 def test_a_monotone_table_pools_noisy_dips():
-    from queuelab.calibration import _non_decreasing
+    from queuelab.models.calibration import _non_decreasing
 
     table = ((1, 0.06), (2, 0.15), (4, 0.12), (8, 0.18), (32, 0.17))
     out = _non_decreasing(table, [5, 1, 1, 1, 86])
@@ -143,7 +143,7 @@ def test_a_monotone_table_pools_noisy_dips():
 
 
 def test_a_noisy_prefill_fit_falls_back_to_a_cost_per_token():
-    from queuelab.calibration import _fit_prefill
+    from queuelab.models.calibration import _fit_prefill
 
     steps = pd.DataFrame({"batch_size": [1, 1, 1, 1], "prefill_tokens": [40, 41, 42, 43],
                           "duration_s": [0.1, 0.1, 0.1, 3.0]})  # one step slowed by a busy machine
@@ -155,7 +155,7 @@ def test_a_noisy_prefill_fit_falls_back_to_a_cost_per_token():
 
 
 def test_prefill_steps_all_alike_give_a_cost_per_token():
-    from queuelab.calibration import _fit_prefill
+    from queuelab.models.calibration import _fit_prefill
 
     alike = pd.DataFrame({"batch_size": [4, 4, 4], "prefill_tokens": [150, 153, 152], "duration_s": [0.5, 0.45, 0.58]})
     assert _fit_prefill(alike) == pytest.approx((0.0, 1.53 / 455))

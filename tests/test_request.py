@@ -2,8 +2,9 @@ import asyncio
 
 import pytest
 
+from queuelab.errors import RequestCancelled, RequestFailed, RequestRejected
 from queuelab.generation import Completion
-from queuelab.request import Request, RequestCancelled, RequestFailed, RequestRejected
+from queuelab.request import Request
 from queuelab.request import RequestStatus as S
 
 C = Completion("hi", 3, 1, 0.1, 0.2, "stop")

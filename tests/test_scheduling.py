@@ -5,8 +5,8 @@ from collections import OrderedDict
 import pytest
 
 import queuelab as ql
+from queuelab.engine.scheduling import SCHEDULERS, make_scheduler
 from queuelab.generation import GenerationParams
-from queuelab.scheduling import SCHEDULERS, make_scheduler
 
 
 def line(*prompt_tokens, max_new=8, t0=0.0):

@@ -5,7 +5,7 @@ import pytest
 
 import queuelab as ql
 from queuelab import stress, theory
-from queuelab.queueing import lindley
+from queuelab.lab.queueing import lindley
 
 
 def test_hand_computed_values():

@@ -1,0 +1,104 @@
+"""`StepRunner`: executes the scheduler's steps on the model, in the model's thread.
+
+It owns the model's `RunningBatch` (sequences and KV state) and the requests running in it, runs
+one step — and then further "decode everything running" steps for as long as no scheduling
+decision is due, so a long answer costs one thread hop, not one per token — and reports which
+requests finished or failed. It never changes a status: the queue does that on the event loop.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from queuelab.engine.scheduling import Step
+from queuelab.models.base import LanguageModel, StepInfo
+from queuelab.request import Request
+from queuelab.sequence import Sequence
+
+STEP_COLUMNS = ("t", "batch_size", "prefill_tokens", "decode_tokens", "duration_s", "kv_tokens", "pad_tokens")
+
+
+@dataclass
+class StepOutcome:
+    """What a `run` call ended with: requests that finished, and requests that failed (with the error)."""
+
+    finished: list[Request] = field(default_factory=list)
+    failed: list[Request] = field(default_factory=list)
+    error: str | None = None
+
+
+class StepRunner:
+    """The running batch of one queue. `run` is called from one worker thread at a time."""
+
+    def __init__(self, model: LanguageModel, max_steps: int = 100_000) -> None:
+        self.model = model
+        self.batch = model.new_batch()
+        self.running: list[Request] = []  # in the order they joined
+        #: Set (from the event loop) when something arrived that the scheduler may want to admit.
+        self.interrupt = threading.Event()
+        self._log: deque[StepInfo] = deque(maxlen=max_steps)
+        self._log_lock = threading.Lock()  # the loop copies the log while this thread appends
+        self._count = 0
+
+    def run(self, step: Step, *, interruptible: bool) -> StepOutcome:
+        """Run `step`, then keep decoding every running request until one finishes (or, if
+        `interruptible`, until `interrupt` is set). Runs in a worker thread."""
+        decoding = False
+        try:
+            if step.prefill:
+                self._record(self.batch.prefill([_seq(r) for r in step.prefill]))
+                self.running.extend(step.prefill)
+            decoding = True
+            if step.decode:
+                self._record(self.batch.decode([_seq(r) for r in step.decode]))
+            while self.batch.running and not self._any_finished() and not (interruptible and self.interrupt.is_set()):
+                self._record(self.batch.decode())
+        except Exception as e:  # the model failed: fail the step's requests, keep serving the rest
+            return self._fail(list(self.running) if decoding else step.prefill, f"{type(e).__name__}: {e}")
+        return StepOutcome(finished=self._collect_finished())
+
+    def _any_finished(self) -> bool:
+        return any(_seq(r).finished for r in self.running)
+
+    def _collect_finished(self) -> list[Request]:
+        done = [r for r in self.running if _seq(r).finished]
+        if done:
+            self.running = [r for r in self.running if not _seq(r).finished]
+        return done
+
+    def _fail(self, victims: list[Request], error: str) -> StepOutcome:
+        """A prefill failure fails the requests being prefilled (the running rows were not touched);
+        a decode failure fails every running request, since the step touched every row of the KV cache."""
+        finished = self._collect_finished()  # finished before the failure: they keep their answer
+        victims = [r for r in victims if not _seq(r).finished]
+        gone = set(map(id, victims))
+        self.batch.release([_seq(r) for r in victims])
+        self.running = [r for r in self.running if id(r) not in gone]
+        return StepOutcome(finished=finished, failed=victims, error=error)
+
+    def _record(self, info: StepInfo) -> None:
+        with self._log_lock:
+            self._log.append(info)
+            self._count += 1
+
+    def steps(self, since: float) -> pd.DataFrame:
+        """One row per model step: its start (`t`, and `elapsed` since `since`), batch size, tokens, duration."""
+        with self._log_lock:
+            rows = [(s.t, s.batch_size, s.prefill_tokens, s.decode_tokens, s.duration_s, s.kv_tokens, s.pad_tokens)
+                    for s in self._log]
+        df = pd.DataFrame(rows, columns=list(STEP_COLUMNS))
+        df.insert(1, "elapsed", df["t"] - since)
+        return df
+
+    @property
+    def step_count(self) -> int:
+        return self._count
+
+
+def _seq(r: Request) -> Sequence:
+    assert r.sequence is not None, f"request {r.id} has no sequence"
+    return r.sequence
