@@ -143,7 +143,7 @@ class RecentRequest:
 class Health:
     state: str  # created, running, stopping, stopped, broken
     worker_alive: bool
-    loop_lag_s: float  # worst event-loop lag over the last few sampler ticks
+    loop_lag_s: float  # worst event-loop lag over the last few timeline ticks
     model: dict[str, Any]
     error: str | None = None
 

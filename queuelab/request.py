@@ -14,7 +14,7 @@ from typing import Any
 
 from queuelab.errors import RequestCancelled, RequestFailed, RequestRejected
 from queuelab.generation import Completion, GenerationParams
-from queuelab.sequence import Sequence
+from queuelab.sequence import Sequence, TokenCallback
 
 
 class RequestStatus(StrEnum):
@@ -66,12 +66,9 @@ class Request:
     tokens_streamed: int = 0  # pieces seen so far while PROCESSING, for live displays
     refusal: str | None = None  # why REJECTED, as a code: invalid_request, queue_full, unavailable
     sequence: Sequence | None = field(default=None, repr=False)  # its state inside the model, once admitted
-    _done: asyncio.Future[None] = field(default=None, repr=False)  # type: ignore[arg-type]  # made in __post_init__
+    # Made on the event loop when first awaited, so a record can be built and read without one.
+    _done: asyncio.Future[None] | None = field(default=None, repr=False)
     _pieces: asyncio.Queue[str | None] | None = field(default=None, repr=False)
-
-    def __post_init__(self) -> None:
-        if self._done is None:
-            self._done = asyncio.get_running_loop().create_future()
 
     # -- the one place a status changes ------------------------------------------------------
     def advance(self, status: RequestStatus, now: float, *, completion: Completion | None = None,
@@ -85,7 +82,8 @@ class Request:
         elif status in TERMINAL:
             self.finished = now
             self.completion, self.error = completion, error
-            self._done.set_result(None)
+            if self._done is not None:
+                self._done.set_result(None)
             if self._pieces is not None:
                 self._pieces.put_nowait(None)  # after every piece already handed over: end of stream
 
@@ -93,6 +91,24 @@ class Request:
         """Keep the text pieces as they are generated, for `stream()`. Call before it is processed."""
         if self._pieces is None:
             self._pieces = asyncio.Queue()
+
+    def token_callback(self, loop: asyncio.AbstractEventLoop) -> TokenCallback:
+        """What the model calls with each piece of text, in its own thread.
+
+        `tokens_streamed` and `first_token` are plain values that only that thread writes
+        (first_token once: the clock reading where the token appeared) and the loop only reads, so
+        the loop is woken per token only for a caller that asked for the text as a stream.
+        """
+        streaming = self._pieces is not None
+
+        def on_token(piece: str) -> None:
+            self.tokens_streamed += 1
+            if self.first_token is None and self.sequence is not None:
+                self.first_token = self.sequence.first_token_at  # set by Sequence.append before any piece
+            if streaming:
+                loop.call_soon_threadsafe(self.push_piece, piece)
+
+        return on_token
 
     def push_piece(self, piece: str) -> None:
         """Hand over one piece of generated text (on the event loop's thread)."""
@@ -130,7 +146,12 @@ class Request:
 
     @property
     def future(self) -> asyncio.Future[None]:
-        """Resolves (to None) when the request reaches a terminal state; for asyncio.wait and callbacks."""
+        """Resolves (to None) when the request reaches a terminal state; for asyncio.wait and callbacks.
+        Needs the running event loop."""
+        if self._done is None:
+            self._done = asyncio.get_running_loop().create_future()
+            if self.done:
+                self._done.set_result(None)
         return self._done
 
     @property
@@ -149,7 +170,7 @@ class Request:
 
     def __await__(self) -> Generator[Any, None, Completion]:
         # shield: a caller that stops waiting (cancelled task) does not cancel the request itself.
-        yield from asyncio.shield(self._done).__await__()
+        yield from asyncio.shield(self.future).__await__()
         return self.result()
 
     def as_row(self) -> dict[str, Any]:

@@ -102,7 +102,7 @@ class Sequence:
 
     # -- what callers read ----------------------------------------------------------------------
     @property
-    def finished(self) -> bool:
+    def is_finished(self) -> bool:
         return self.finish_reason is not None
 
     @property

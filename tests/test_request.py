@@ -56,3 +56,20 @@ async def test_a_waiter_giving_up_does_not_cancel_the_request():
 
 async def _await(r):
     return await r
+
+
+def test_a_request_is_a_plain_record_outside_an_event_loop():
+    # Built, advanced and read with no loop running (schedulers and tables use records like this).
+    r = Request(id=1, prompt="p", params=None, arrived=1.0)
+    r.advance(S.QUEUED, 1.0)
+    r.advance(S.PROCESSING, 1.5)
+    r.advance(S.COMPLETED, 3.0)
+    assert (r.wait, r.service, r.e2e, r.done) == (0.5, 1.5, 2.0, True)
+
+
+async def test_awaiting_a_request_that_ended_before_anyone_waited():
+    r = Request(id=1, prompt="p", params=None, arrived=0.0)
+    r.advance(S.REJECTED, 0.0, error="queue full")
+    with pytest.raises(RequestRejected, match="queue full"):
+        await r
+    assert r.future.done()

@@ -1,19 +1,19 @@
-"""`RequestQueue`: an asyncio FIFO in front of one model, served by one worker task (or several).
+"""`RequestQueue`: admission, the request lifecycle and the step loop in front of one model.
 
 The worker is a step loop: ask the scheduler for the next step, run it on the model in a thread
 (`asyncio.to_thread`, so the event loop and any live panel on it stay responsive), then postprocess
 on the loop — finished requests complete, failed ones fail. With nothing to do it sleeps on an
-asyncio.Event until work arrives (no polling). The sequential scheduler makes this the one-at-a-time
-baseline; batching schedulers use the same loop.
+asyncio.Event until work arrives (no polling). Requests wait in arrival order; the scheduler
+decides which of them run next (the default serves them one at a time, first come first served).
+The numbers (`stats()`, `timeline()`) are kept by a `Recorder` that `_move` feeds.
 
 One model serves one running queue: starting a second queue on the same model stops the first
-(with a warning). That makes the common notebook mistake, re-running a cell that creates and
-starts a queue, safe: the old worker does not linger as an orphan competing for the model.
+(with a warning), so re-running a cell that creates and starts a queue never leaves an orphan
+worker competing for the model.
 
-The seed lesson's two alternatives to batching are the same loop, run by N workers that share the
-one FIFO: `RequestQueue(model, workers=3)` (threads sharing one model, whose steps may overlap)
-and `RequestQueue([m1, m2, m3])` (one worker per model copy). Each worker has its own runner and
-its own copy of the scheduler; "Processing" counts the requests of every worker.
+Several workers can share the one waiting line: `RequestQueue(model, workers=3)` (threads sharing
+one model, whose steps may overlap) and `RequestQueue([m1, m2, m3])` (one worker per model copy).
+Each worker has its own runner and its own copy of the scheduler; `processing` counts them all.
 """
 
 from __future__ import annotations
@@ -24,29 +24,21 @@ import itertools
 import time
 import warnings
 import weakref
-from collections import Counter, OrderedDict, deque
-from collections.abc import Sequence as Sequence_
+from collections import OrderedDict
+from collections.abc import Sequence
 from enum import StrEnum
 from typing import Any
 
 import pandas as pd
 
-from queuelab.checks import positive_int
+from queuelab.checks import positive, positive_int
+from queuelab.engine import workers as workers_
+from queuelab.engine.recorder import Recorder
 from queuelab.engine.runner import StepOutcome, StepRunner
 from queuelab.engine.scheduling import Scheduler, SequentialScheduler, Step, Wait, WaitingLine
-from queuelab.engine.ticker import Sampler
 from queuelab.errors import QueueStateError, SchedulerError
 from queuelab.generation import Completion, GenerationParams
-from queuelab.metrics import (
-    ActiveRequest,
-    Health,
-    Histogram,
-    LatencyLog,
-    QueueStats,
-    RateWindow,
-    RecentRequest,
-    preview,
-)
+from queuelab.metrics import Health, Histogram, QueueStats
 from queuelab.models.base import LanguageModel
 from queuelab.request import Request, RequestStatus
 
@@ -66,17 +58,19 @@ _RUNNING: weakref.WeakKeyDictionary[LanguageModel, RequestQueue] = weakref.WeakK
 
 
 class RequestQueue:
-    """FIFO request queue with one worker; `scheduler` decides how requests share the model (default: one at a time).
+    """A request queue with one worker; `scheduler` decides how requests share the model (default: one
+    at a time, in arrival order).
 
     `workers=N` serves the FIFO with N workers that share `model`, each running its own steps in
     its own thread, overlapping on the model (the seed's "shared model with threads"). A list of
     models, `RequestQueue([m1, m2, m3])`, gives each copy its own worker (the seed's "multiple model
     instances"). Either way `processing` can reach N, and each worker keeps its own copy of `scheduler`.
+    `sample_interval`, `timeline_max_rows`, `window_s` and `recent` size what the recorder keeps.
     """
 
     def __init__(
         self,
-        model: LanguageModel | Sequence_[LanguageModel],
+        model: LanguageModel | Sequence[LanguageModel],
         *,
         workers: int = 1,
         max_queue_size: int = 1000,
@@ -87,13 +81,11 @@ class RequestQueue:
         window_s: float = 10.0,
         recent: int = 20,
     ) -> None:
-        if not isinstance(max_queue_size, int) or isinstance(max_queue_size, bool) or max_queue_size < 1:
-            raise ValueError(f"max_queue_size must be an int >= 1, got {max_queue_size!r}")
-        if request_timeout is not None and not request_timeout > 0:
-            raise ValueError(f"request_timeout must be > 0 seconds or None, got {request_timeout!r}")
-        if not sample_interval > 0:
-            raise ValueError(f"sample_interval must be > 0 seconds, got {sample_interval!r}")
-        models = _models(model, workers)
+        positive_int("max_queue_size", max_queue_size)
+        if request_timeout is not None:
+            positive("request_timeout (seconds, or None)", request_timeout)
+        positive("sample_interval (seconds)", sample_interval)
+        models = workers_.models_for_workers(model, workers)
         #: The model the queue tokenizes with and reports; with copies, the first of them.
         self.model = models[0]
         #: One per worker: the same model N times (threads sharing it), or N copies.
@@ -106,21 +98,17 @@ class RequestQueue:
         self.sample_interval = sample_interval
         self._waiting: WaitingLine = OrderedDict()
         self._active: dict[int, Request] = {}
-        self._recent: deque[Request] = deque(maxlen=recent)
-        self._counts: Counter[str] = Counter()
         self._ids = itertools.count(1)
         self._timers: dict[int, asyncio.TimerHandle] = {}
-        self._rates = RateWindow(window_s)
-        self._latency = LatencyLog()
-        self._sampler = Sampler(sample_interval, self._timeline_row, timeline_max_rows)
+        self.recorder = Recorder(lambda: (len(self._waiting), len(self._active)), window_s=window_s,
+                                 recent=recent, sample_interval=sample_interval,
+                                 timeline_max_rows=timeline_max_rows)
         self._state = QueueState.CREATED
         self._error: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task[None] | None = None  # the first worker (the only one by default)
         self._workers: list[asyncio.Task[None]] = []
-        self._started_at: float | None = None
-        self._stopped_at: float | None = None
         self._model_info: dict[str, Any] = {}
         self._runners = [StepRunner(m) for m in models]
         self._runner = self._runners[0]
@@ -137,7 +125,7 @@ class RequestQueue:
         return self._state is QueueState.RUNNING
 
     async def start(self) -> RequestQueue:
-        """Start the worker and the sampler. Idempotent while running."""
+        """Start the workers and the recorder's timeline. Idempotent while running."""
         if self._state is QueueState.RUNNING:
             return self
         if self._state is not QueueState.CREATED:
@@ -150,10 +138,9 @@ class RequestQueue:
                               stacklevel=2)
                 await previous.stop(drain=False)
         self._loop = asyncio.get_running_loop()
-        self._model_info = self._describe_models()
+        self._model_info = workers_.describe(self.models)
         self._wakeup = asyncio.Event()
-        self._allow_overlap()
-        self._started_at = time.perf_counter()
+        self._restore_concurrency = workers_.allow_overlap(self.models)
         self._state = QueueState.RUNNING
         for model in self.models:
             _RUNNING[model] = self
@@ -162,29 +149,13 @@ class RequestQueue:
         self._worker = self._workers[0]
         for task in self._workers:
             task.add_done_callback(self._on_worker_exit)
-        self._sampler.start(self._loop, name=f"queuelab-sampler-{id(self):x}")
+        self.recorder.start(self._loop, time.perf_counter(), name=f"queuelab-ticker-{id(self):x}")
         return self
 
     @property
     def workers(self) -> int:
         """How many workers serve the FIFO (and so the most requests `processing` can show with one at a time each)."""
         return len(self.models)
-
-    def _describe_models(self) -> dict[str, Any]:
-        info = dict(self.model.info())
-        if len(set(map(id, self.models))) > 1:  # copies: the memory of all of them is what the queue holds
-            info["memory_bytes"] = sum(m.info().get("memory_bytes") or 0 for m in self.models)
-            info["copies"] = len(self.models)
-        elif len(self.models) > 1:
-            info["workers"] = len(self.models)
-        return info
-
-    def _allow_overlap(self) -> None:
-        """Workers sharing one model run their steps at the same time, as the seed's threads do: let the
-        model take that many steps at once (until stop), or its lock would silently serialize them."""
-        if len(self.models) > 1 and self.models[1] is self.model and self.model.concurrent_steps < len(self.models):
-            self._restore_concurrency = self.model.concurrent_steps
-            self.model.concurrent_steps = len(self.models)
 
     async def stop(self, drain: bool = True) -> None:
         """Stop accepting requests; finish what is queued (drain) or cancel it; wait for the worker.
@@ -208,7 +179,7 @@ class RequestQueue:
                 await asyncio.shield(asyncio.wait(self._workers))
             if self._state is QueueState.STOPPING:
                 self._state = QueueState.STOPPED
-        await self._stop_sampler()
+        await self.recorder.stop(time.perf_counter)
         self._release_models()
 
     def _release_models(self) -> None:
@@ -237,7 +208,7 @@ class RequestQueue:
         req = Request(id=next(self._ids), prompt=prompt, params=None, arrived=now)
         if stream:
             req.enable_streaming()
-        self._counts["submitted"] += 1
+        self.recorder.submitted()
         refusal = self._admit(req, gen_kwargs, chat_template)
         if refusal is not None:
             req.refusal, reason = refusal
@@ -273,10 +244,11 @@ class RequestQueue:
                 QueueState.CREATED: "queue is not started: `await queue.start()` or use `async with queue:`",
                 QueueState.BROKEN: f"queue worker died: {self._error}",
             }.get(self._state, "queue is stopped")
+        assert self._loop is not None  # set by start(), before the state is RUNNING
         try:
             req.params = GenerationParams.from_kwargs(gen_kwargs)
             # Validated and tokenized once, here; the sequence travels to the model as it is.
-            req.sequence = self.model.new_sequence(req.prompt, req.params, on_token=self._token_callback(req),
+            req.sequence = self.model.new_sequence(req.prompt, req.params, on_token=req.token_callback(self._loop),
                                                    chat_template=chat_template)
             req.prompt_tokens = req.sequence.prompt_tokens
         except ValueError as e:
@@ -308,7 +280,7 @@ class RequestQueue:
             _, req = self._waiting.popitem(last=False)
             self._move(req, S.CANCELLED, now, error=reason)
 
-    # -- the one place statuses change, and the bookkeeping that goes with it -------------------------------
+    # -- the one place statuses change ---------------------------------------------------------------
     def _move(self, req: Request, status: RequestStatus, now: float, *,
               completion: Completion | None = None, error: str | None = None) -> None:
         req.advance(status, now, completion=completion, error=error)
@@ -317,15 +289,9 @@ class RequestQueue:
         timer = self._timers.pop(req.id, None) if status is not S.QUEUED else None
         if timer is not None:
             timer.cancel()
-        if not status.terminal:
-            return
-        self._active.pop(req.id, None)
-        self._counts[status.value] += 1
-        self._recent.append(req)
-        if status is S.COMPLETED and completion is not None:
-            self._counts["tokens"] += completion.completion_tokens
-            self._rates.add(now, completion.completion_tokens)
-            self._latency.add(wait=req.wait, service=req.service, ttft=req.ttft, e2e=req.e2e)
+        if status.terminal:
+            self._active.pop(req.id, None)
+            self.recorder.ended(req, now)
 
     # -- the worker: schedule → run the step in the model thread → postprocess on the loop ----------
     async def _work(self, i: int = 0) -> None:
@@ -389,24 +355,6 @@ class RequestQueue:
         for req in outcome.failed:
             self._move(req, S.FAILED, now, error=outcome.error)
 
-    def _token_callback(self, req: Request) -> Any:
-        loop = self._loop
-        assert loop is not None
-
-        def on_token(piece: str) -> None:
-            # Runs in the model's thread. `tokens_streamed` and `first_token` are plain values that
-            # only this thread writes (first_token once, the clock reading where the token appeared)
-            # and the loop only reads, so the loop is not woken per token — only for a caller that
-            # asked for the text as a stream.
-            req.tokens_streamed += 1
-            if req.first_token is None and req.sequence is not None:
-                req.first_token = req.sequence.first_token_at  # set by Sequence.append before any piece
-            if streaming:
-                loop.call_soon_threadsafe(req.push_piece, piece)
-
-        streaming = req._pieces is not None
-        return on_token
-
     def _on_worker_exit(self, task: asyncio.Task[None]) -> None:
         if self._state is QueueState.BROKEN:
             return  # another worker's death already settled everything
@@ -427,35 +375,23 @@ class RequestQueue:
         for req in list(self._active.values()):
             self._move(req, S.FAILED, now, error=f"queue worker died: {error}")
         self._cancel_waiting(f"queue worker died: {error}")
-        self._sampler.cancel()
+        self.recorder.ticker.cancel()
 
-    # -- observation ------------------------------------------------------------------------------
-    def _timeline_row(self, now: float, lag: float) -> tuple[float, ...]:
-        req_s, tok_s = self._rates.rates(now, self._started_at or now)
-        c = self._counts
-        return (now, now - (self._started_at or now), len(self._waiting), len(self._active),
-                c["submitted"], c["completed"], c["failed"], req_s, tok_s, lag)
-
-    async def _stop_sampler(self) -> None:
-        await self._sampler.stop()
-        if self._stopped_at is None and self._started_at is not None:
-            self._stopped_at = time.perf_counter()
-            self._sampler.record(self._stopped_at, 0.0)  # the final state, so plots end where the run ended
-
-    def timeline(self, window_s: float | None = None):  # -> pandas.DataFrame
-        """One row per sampler tick: t, elapsed, queue_depth, processing, totals, rates, loop lag.
+    # -- observation: read-only views of the recorder and the runners --------------------------
+    def timeline(self, window_s: float | None = None) -> pd.DataFrame:
+        """One row per timeline tick: t, elapsed, queue_depth, processing, totals, rates, loop lag.
 
         `window_s` keeps only the last so many seconds: what a live plot needs, built without
         copying a long history on the event loop.
         """
-        return self._sampler.frame(window_s)
+        return self.recorder.timeline(window_s)
 
-    def steps(self):  # -> pandas.DataFrame
+    def steps(self) -> pd.DataFrame:
         """One row per model step: t, elapsed, batch_size, prefill_tokens, decode_tokens, duration_s,
         kv_tokens and pad_tokens (KV-cache slots held after the step, and how many of them are padding).
 
         With several workers, every worker's steps in time order, and a `worker` column (0, 1, …)."""
-        since = self._started_at or 0.0
+        since = self.recorder.started_at or 0.0
         if len(self._runners) == 1:
             return self._runner.steps(since)
         frames = [r.steps(since).assign(worker=i) for i, r in enumerate(self._runners)]
@@ -475,85 +411,36 @@ class RequestQueue:
         return len(self._active)
 
     def stats(self) -> QueueStats:
-        """A consistent snapshot of counts, rates, latency percentiles, the active request and health."""
-        now = self._stopped_at or time.perf_counter()
-        start = self._started_at or now
-        uptime = now - start
-        req_s, tok_s = self._rates.rates(now, start)
-        c = self._counts
-        return QueueStats(
-            uptime_s=uptime, queue_size=len(self._waiting), processing=len(self._active),
-            submitted=c["submitted"], completed=c["completed"], failed=c["failed"],
-            cancelled=c["cancelled"], rejected=c["rejected"], req_per_s=req_s, tokens_per_s=tok_s,
-            req_per_s_overall=c["completed"] / uptime if uptime > 0 else 0.0,
-            tokens_per_s_overall=c["tokens"] / uptime if uptime > 0 else 0.0,
-            window_s=self._rates.window_s, latency=self._latency.summary(),
-            active=[ActiveRequest(r.id, preview(r.prompt), now - (r.started or now), r.tokens_streamed)
-                    for r in self._active.values()],
-            recent=[_recent(r) for r in reversed(self._recent)],
-            health=self.health(),
-        )
+        """A consistent snapshot of counts, rates, latency percentiles, the active requests and health."""
+        return self.recorder.stats(time.perf_counter(), queue_size=len(self._waiting),
+                                   active=list(self._active.values()), health=self.health())
 
     def histograms(self) -> dict[str, Histogram]:
         """Cumulative latency histograms (wait, service, ttft, e2e) of completed requests, for Prometheus."""
-        return self._latency.histograms
+        return self.recorder.histograms
 
     @property
     def total_tokens(self) -> int:
         """Tokens generated for completed requests since start."""
-        return self._counts["tokens"]
+        return self.recorder.counts["tokens"]
 
     @property
     def mean_service_s(self) -> float | None:
         """Mean service time of every completed request so far (None before the first); O(1)."""
-        h = self._latency.histograms["service"]
+        h = self.recorder.histograms["service"]
         return h.total / h.count if h.count else None
 
     def health(self) -> Health:
         """State, worker, loop lag and model: cheap, without the rest of `stats()`."""
         alive = bool(self._workers) and not any(t.done() for t in self._workers)
         return Health(state=self._state, worker_alive=alive,
-                      loop_lag_s=self._sampler.loop_lag_s, model=self._model_info, error=self._error)
+                      loop_lag_s=self.recorder.ticker.loop_lag_s, model=self._model_info, error=self._error)
 
     def __repr__(self) -> str:
         return (f"<RequestQueue {self._state} model={getattr(self.model, 'name', '?')!r} "
                 f"queued={len(self._waiting)} processing={len(self._active)}>")
 
 
-def _models(model: LanguageModel | Sequence_[LanguageModel], workers: int) -> list[LanguageModel]:
-    """The model each worker serves: `model` `workers` times, or one copy each from a list."""
-    positive_int("workers", workers)
-    if isinstance(model, Sequence_) and not isinstance(model, str):
-        copies = list(model)
-        if not copies:
-            raise ValueError("an empty list of models: give one model, or a list of copies (one worker each)")
-        if workers != 1:
-            raise ValueError(f"give either workers={workers} (threads sharing one model) or a list of model copies "
-                             "(one worker each), not both")
-        for m in copies:
-            _check_model(m)
-        if len(set(map(id, copies))) != len(copies):
-            raise ValueError("the same model appears twice in the list: for workers that share one model, "
-                             "use RequestQueue(model, workers=N)")
-        if len({(type(m), m.name) for m in copies}) != 1:
-            raise ValueError("a list of models must be copies of one model (same kind and name), got "
-                             + ", ".join(repr(m) for m in copies))
-        return copies
-    _check_model(model)
-    return [model] * workers
-
-
-def _check_model(model: Any) -> None:
-    if not hasattr(model, "generate") or not hasattr(model, "new_sequence"):
-        raise ValueError(f"model must be a queuelab LanguageModel (ql.load_model / ql.SimulatedModel), got {model!r}")
-
-
 def _stamp_first_token(req: Request, t: float) -> None:
     if req.first_token is None:
         req.first_token = t
-
-
-def _recent(r: Request) -> RecentRequest:
-    c = r.completion
-    return RecentRequest(r.id, r.status.value if r.status else "?", r.wait, r.e2e,
-                         c.completion_tokens if c else 0, preview(c.text if c else (r.error or "")))

@@ -62,19 +62,19 @@ class StepRunner:
         return StepOutcome(finished=self._collect_finished())
 
     def _any_finished(self) -> bool:
-        return any(_seq(r).finished for r in self.running)
+        return any(_seq(r).is_finished for r in self.running)
 
     def _collect_finished(self) -> list[Request]:
-        done = [r for r in self.running if _seq(r).finished]
+        done = [r for r in self.running if _seq(r).is_finished]
         if done:
-            self.running = [r for r in self.running if not _seq(r).finished]
+            self.running = [r for r in self.running if not _seq(r).is_finished]
         return done
 
     def _fail(self, victims: list[Request], error: str) -> StepOutcome:
         """A prefill failure fails the requests being prefilled (the running rows were not touched);
         a decode failure fails every running request, since the step touched every row of the KV cache."""
         finished = self._collect_finished()  # finished before the failure: they keep their answer
-        victims = [r for r in victims if not _seq(r).finished]
+        victims = [r for r in victims if not _seq(r).is_finished]
         gone = set(map(id, victims))
         self.batch.release([_seq(r) for r in victims])
         self.running = [r for r in self.running if id(r) not in gone]

@@ -1,4 +1,4 @@
-"""`Sampler`: a ticker on the event loop that records one timeline row per tick.
+"""`TimelineTicker`: a task on the event loop that records one timeline row per tick.
 
 Each tick's lateness is the event loop's lag — how long something kept the loop from running — so
 the same ticker that feeds the plots also measures the loop's health.
@@ -15,11 +15,11 @@ import pandas as pd
 
 from queuelab.metrics import Timeline
 
-#: Builds a row from (now, lag): what the owner of the sampler wants on its timeline.
+#: Builds a row from (now, lag): what the owner of the ticker wants on its timeline.
 RowFn = Callable[[float, float], tuple[float, ...]]
 
 
-class Sampler:
+class TimelineTicker:
     """Records `row(now, lag)` every `interval` seconds into a bounded timeline."""
 
     def __init__(self, interval: float, row: RowFn, max_rows: int) -> None:

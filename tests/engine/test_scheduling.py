@@ -15,7 +15,7 @@ def line(*prompt_tokens, max_new=8, t0=0.0):
     return OrderedDict((r.id, r) for r in reqs)
 
 
-async def test_sequential_takes_the_oldest_and_admits_nothing_while_running():
+def test_sequential_takes_the_oldest_and_admits_nothing_while_running():
     s = ql.SequentialScheduler()
     waiting = line(5, 5, 5)
     step = s.schedule(waiting, [], 0.0)
@@ -24,7 +24,7 @@ async def test_sequential_takes_the_oldest_and_admits_nothing_while_running():
     assert s.schedule(OrderedDict(), [], 0.0) == ql.Wait()
 
 
-async def test_static_waits_to_fill_then_runs_the_batch_to_the_end():
+def test_static_waits_to_fill_then_runs_the_batch_to_the_end():
     s = ql.StaticBatchScheduler(max_batch=3, max_wait_s=0.1)
     waiting = line(5, 5)
     assert s.schedule(waiting, [], 0.05) == ql.Wait(until=pytest.approx(0.1))  # not full, not due
@@ -35,7 +35,7 @@ async def test_static_waits_to_fill_then_runs_the_batch_to_the_end():
     assert [r.id for r in s.schedule(more, [], 1.0).prefill] == [1, 2, 3]  # full: no need to wait
 
 
-async def test_continuous_admits_in_arrival_order_within_both_limits():
+def test_continuous_admits_in_arrival_order_within_both_limits():
     s = ql.ContinuousBatchScheduler(max_batch=3, max_batch_tokens=40)
     waiting = line(10, 10, 2, 2)  # each needs prompt + 8 tokens of KV
     step = s.schedule(waiting, [], 0.0)
@@ -45,13 +45,13 @@ async def test_continuous_admits_in_arrival_order_within_both_limits():
     assert [r.id for r in step2.prefill] == [3, 4] and step2.decode == [step.prefill[0]]
 
 
-async def test_continuous_runs_an_oversized_request_alone_rather_than_never():
+def test_continuous_runs_an_oversized_request_alone_rather_than_never():
     s = ql.ContinuousBatchScheduler(max_batch=4, max_batch_tokens=10)
     waiting = line(50, 1)
     assert [r.id for r in s.schedule(waiting, [], 0.0).prefill] == [1]
 
 
-async def test_length_grouping_keeps_the_oldest_and_picks_similar_lengths():
+def test_length_grouping_keeps_the_oldest_and_picks_similar_lengths():
     s = ql.LengthGroupedScheduler(max_batch=3, max_wait_s=0)
     waiting = line(30, 5, 29, 6, 31)
     step = s.schedule(waiting, [], 1.0)
@@ -59,7 +59,7 @@ async def test_length_grouping_keeps_the_oldest_and_picks_similar_lengths():
     assert [r.id for r in s.schedule(waiting, [], 1.0).prefill] == [2, 4]
 
 
-async def test_adaptive_grows_under_load_and_shrinks_when_idle():
+def test_adaptive_grows_under_load_and_shrinks_when_idle():
     s = ql.AdaptiveBatchScheduler(min_batch=1, max_batch=8)
     waiting = line(*[5] * 20)
     running = []

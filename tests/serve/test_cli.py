@@ -12,7 +12,7 @@ import pytest
 
 import queuelab as ql
 
-from .server_thread import ServerThread, free_port
+from tests.serve.server_thread import ServerThread, free_port
 
 
 def cli(*args, timeout=120):

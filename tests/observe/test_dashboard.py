@@ -10,7 +10,7 @@ from nbclient import NotebookClient
 import queuelab as ql
 from queuelab import stress
 
-from .conftest import wait_until
+from tests.conftest import wait_until
 
 
 class _Tables(HTMLParser):

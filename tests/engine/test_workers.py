@@ -9,7 +9,7 @@ import queuelab as ql
 from queuelab import RequestStatus as S
 from queuelab.prompts import load_prompts
 
-from .conftest import wait_until
+from tests.conftest import wait_until
 
 TERMINAL = {S.COMPLETED, S.FAILED, S.CANCELLED, S.REJECTED}
 

@@ -14,7 +14,7 @@ from queuelab import stress
 from queuelab.load.http_target import HTTPTarget
 from queuelab.serve.server import create_app
 
-from .server_thread import ServerThread
+from tests.serve.server_thread import ServerThread
 
 
 def client(app, **kw):

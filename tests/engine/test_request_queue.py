@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 import queuelab as ql
 from queuelab import RequestStatus as S
 
-from .conftest import wait_until
+from tests.conftest import wait_until
 
 
 def sim(service=0.005, **kw) -> ql.SimulatedModel:

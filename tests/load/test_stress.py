@@ -9,7 +9,7 @@ import queuelab as ql
 from queuelab import stress
 from queuelab.prompts import OUTPUT_CLASSES, choose, load_prompts
 
-from .conftest import wait_until
+from tests.conftest import wait_until
 
 
 def sim(service=0.005, **kw):
