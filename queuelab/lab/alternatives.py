@@ -24,8 +24,8 @@ from queuelab.request import Request
 QueueFactory = Callable[[], RequestQueue]
 
 
-async def compare(configs: Mapping[str, QueueFactory], *, n: int, max_new_tokens: int,
-                  seeds: Sequence[int] = (0, 1, 2)) -> pd.DataFrame:
+async def bursts(configs: Mapping[str, QueueFactory], *, n: int, max_new_tokens: int,
+                 seeds: Sequence[int] = (0, 1, 2)) -> pd.DataFrame:
     """Send the same burst of `n` requests (all at once) through a fresh queue of each config, once per seed.
 
     Each seed draws other prompts; within a seed every config gets the same prompts, and the order
@@ -37,7 +37,7 @@ async def compare(configs: Mapping[str, QueueFactory], *, n: int, max_new_tokens
     """
     positive_int("n", n)
     if not configs or not seeds:
-        raise ValueError("compare() needs at least one config and one seed")
+        raise ValueError("bursts() needs at least one config and one seed")
     rows = []
     for i, seed in enumerate(seeds):
         names = list(configs) if i % 2 == 0 else list(configs)[::-1]
@@ -122,8 +122,8 @@ def fmt_spread(mean: float, low: float, high: float, digits: int = 2, suffix: st
     return f"{mean:.{digits}f}{suffix} ({low:.{digits}f}–{high:.{digits}f})"
 
 
-def compare_table(df: pd.DataFrame, baseline: str) -> pd.DataFrame:
-    """`compare`'s rows per config, formatted: req/s and mean service time, each with its range over
+def bursts_table(df: pd.DataFrame, baseline: str) -> pd.DataFrame:
+    """`bursts`' rows per config, formatted: req/s and mean service time, each with its range over
     seeds and its ratio to `baseline` (paired by seed), the busy share and the answers equal to the baseline's."""
     sp = spread(df, baseline)
     g = df.groupby("config", sort=False)

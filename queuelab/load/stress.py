@@ -23,7 +23,7 @@ from queuelab.engine.scheduling import Scheduler
 from queuelab.generation import GenerationParams
 from queuelab.load import arrivals
 from queuelab.load.progress import Progress, as_progress
-from queuelab.load.stress_run import REQUEST_COLUMNS, StressRun, compare
+from queuelab.load.stress_run import REQUEST_COLUMNS, StressRun, summaries
 from queuelab.load.targets import QueueTarget, Target, as_target
 from queuelab.metrics import TIMELINE_COLUMNS
 from queuelab.models.base import LanguageModel
@@ -39,7 +39,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'queuelab.stress' has no attribute {name!r}")
 
 
-__all__ = ["incremental", "rapid_fire", "poisson", "constant", "gamma", "concurrency", "each_scheduler", "compare",
+__all__ = ["incremental", "rapid_fire", "poisson", "constant", "gamma", "concurrency", "each_scheduler", "summaries",
            "StressRun", "Target", "QueueTarget", "Progress"]
 
 WaveCallback = Callable[[int, int], None]

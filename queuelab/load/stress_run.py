@@ -98,7 +98,7 @@ class StressRun:
                 f"e2e p50 {s['e2e_p50']:.2f}s>")
 
 
-def compare(runs: list[StressRun]) -> pd.DataFrame:
+def summaries(runs: list[StressRun]) -> pd.DataFrame:
     """Scalar summary figures of several runs side by side: one column per run."""
     cols: dict[str, pd.Series] = {}
     for run in runs:

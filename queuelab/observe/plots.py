@@ -16,8 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from queuelab.engine.request_queue import RequestQueue
-from queuelab.load.stress_run import StressRun
-from queuelab.load.stress_run import compare as compare_table
+from queuelab.load.stress_run import StressRun, summaries
 
 
 def to_png(fig: Figure, dpi: int = 100) -> bytes:
@@ -187,9 +186,9 @@ def position_vs_latency(run: StressRun) -> Figure:
     return fig
 
 
-def compare(runs: Sequence[StressRun]) -> Figure:
+def summary_bars(runs: Sequence[StressRun]) -> Figure:
     """Several runs side by side: throughput, p50/p99 end-to-end latency and p50/p99 time to first token."""
-    table = compare_table(list(runs))
+    table = summaries(list(runs))
     fig, ax = _figure(1, 3, size=(13, 4))
     names = list(table.columns)
     x = np.arange(len(names))

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import math
 import os
 import signal
 import subprocess
@@ -18,6 +17,7 @@ import time
 from collections.abc import Iterator
 from typing import Any, Literal
 
+from queuelab.checks import positive, positive_int
 from queuelab.errors import CLIError
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -48,11 +48,12 @@ def make_model(spec: str) -> Any:
     return ql.load_model(spec)
 
 
-def make_scheduler(a: argparse.Namespace) -> Any:
-    from queuelab.engine.scheduling import make_scheduler as build
+def scheduler_from_args(a: argparse.Namespace) -> Any:
+    """The scheduler that --scheduler and --max-batch name; a bad combination is a one-line error."""
+    from queuelab.engine.scheduling import make_scheduler
 
     try:
-        return build(a.scheduler, a.max_batch)
+        return make_scheduler(a.scheduler, a.max_batch)
     except ValueError as e:
         raise CLIError(f"--scheduler {a.scheduler}: {e}") from None
 
@@ -74,7 +75,7 @@ def health(url: str, timeout: float = 1.0) -> bool:
 @contextlib.contextmanager
 def server_for(url: str | None, model: str, max_queue: int, extra: list[str] | None = None) -> Iterator[str]:
     """Yield the URL of a running server: the given one, one already running locally, or one we start
-    (and stop afterwards, letting it drain) — the seed lesson's "start server if needed"."""
+    (and stop afterwards, letting it drain), so that monitor and stress need no server started beforehand."""
     if url:
         if not health(url):
             raise CLIError(f"no healthy queuelab/OpenAI server at {url} (GET /health and GET /v1/models failed)")
@@ -137,7 +138,7 @@ def cmd_serve(a: argparse.Namespace) -> None:
 
     if a.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"queuelab: serving on {a.host}: reachable from other machines", file=sys.stderr)
-    queue = ql.RequestQueue(make_model(a.model), max_queue_size=a.max_queue, scheduler=make_scheduler(a))
+    queue = ql.RequestQueue(make_model(a.model), max_queue_size=a.max_queue, scheduler=scheduler_from_args(a))
     print(f"queuelab: serving {queue.model.name} with {queue.scheduler!r} on http://{a.host}:{a.port} (Ctrl-C: "
           f"{'cancel queued requests' if a.cancel_on_shutdown else 'finish queued requests'}, then exit)",
           file=sys.stderr)
@@ -211,7 +212,7 @@ def cmd_bench(a: argparse.Namespace) -> None:
     from queuelab.metrics import percentiles
 
     model = make_model(a.model)
-    scheduler = make_scheduler(a)
+    scheduler = scheduler_from_args(a)
     model.generate("warm up", max_new_tokens=2)
     prompts = [f"Tell me one fact about the number {i}." for i in range(a.n)]
 
@@ -240,20 +241,27 @@ def _waves(text: str) -> list[int]:
         waves = [int(w) for w in text.split(",") if w.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"waves must be comma-separated integers, got {text!r}") from None
-    if not waves or min(waves) < 1:
+    if not waves:
         raise argparse.ArgumentTypeError("waves must be positive integers, e.g. 10,20,30,40")
-    return waves
+    try:
+        return [positive_int("each wave size", w) for w in waves]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{e} (e.g. 10,20,30,40)") from None
 
 
-def _positive(kind: type) -> Any:
+def _positive(kind: type[int] | type[float]) -> Any:
+    """An argparse type: the text as `kind`, checked with queuelab.checks (an int >= 1; a finite float > 0)."""
+    check = positive_int if kind is int else positive
+
     def parse(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
-        if not value > 0 or (isinstance(value, float) and not math.isfinite(value)):
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
-        return value
+        try:
+            return check("value", value)
+        except ValueError as e:  # argparse words it "argument --NAME: value must be ..."
+            raise argparse.ArgumentTypeError(str(e)) from None
 
     return parse
 

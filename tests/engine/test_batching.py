@@ -66,8 +66,8 @@ async def test_every_request_keeps_its_own_parameters_inside_one_batch(tiny):
 
 
 async def test_a_request_that_stops_at_eos_leaves_the_batch(tiny):
-    eos_first = mock.patch.object(type(tiny.new_batch()), "_pick",
-                                  lambda self, seqs, logits: [tiny.eos_id if s.prompt == "stop" else 42 for s in seqs])
+    eos_first = mock.patch("queuelab.models.kv_cache.pick_tokens",
+                           lambda seqs, logits, eos_id: [eos_id if s.prompt == "stop" else 42 for s in seqs])
     with eos_first:
         reqs, steps = await serve_all(tiny, ql.ContinuousBatchScheduler(max_batch=4), ["go", "stop", "go"],
                                       max_new_tokens=5)

@@ -9,7 +9,6 @@ from hypothesis import strategies as st
 
 import queuelab as ql
 from queuelab import RequestStatus as S
-
 from tests.conftest import wait_until
 
 

@@ -8,7 +8,6 @@ import pytest
 import queuelab as ql
 from queuelab import RequestStatus as S
 from queuelab.prompts import load_prompts
-
 from tests.conftest import wait_until
 
 TERMINAL = {S.COMPLETED, S.FAILED, S.CANCELLED, S.REJECTED}

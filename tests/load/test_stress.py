@@ -8,7 +8,6 @@ import pytest
 import queuelab as ql
 from queuelab import stress
 from queuelab.prompts import OUTPUT_CLASSES, choose, load_prompts
-
 from tests.conftest import wait_until
 
 
@@ -112,11 +111,11 @@ def test_load_refuses_other_files(tmp_path):
         ql.StressRun.load(p)
 
 
-async def test_compare_puts_runs_side_by_side():
+async def test_summaries_puts_runs_side_by_side():
     async with ql.RequestQueue(sim(0.002)) as q:
         a = await stress.rapid_fire(q, n=5, max_new_tokens=1, progress=False, name="a")
         b = await stress.rapid_fire(q, n=8, max_new_tokens=1, progress=False, name="a")
-    table = stress.compare([a, b])
+    table = stress.summaries([a, b])
     assert list(table.columns) == ["a", "a (2)"]
     assert table.loc["sent"].tolist() == [5, 8] and "e2e_p99" in table.index
 

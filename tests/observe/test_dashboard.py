@@ -9,7 +9,6 @@ from nbclient import NotebookClient
 
 import queuelab as ql
 from queuelab import stress
-
 from tests.conftest import wait_until
 
 

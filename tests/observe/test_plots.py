@@ -89,8 +89,8 @@ def test_position_vs_latency(saved_runs):
     assert len(ax.collections) == 2  # e2e and wait scatter
 
 
-def test_compare(saved_runs):
-    fig = plots.compare(list(saved_runs))
+def test_summary_bars(saved_runs):
+    fig = plots.summary_bars(list(saved_runs))
     thr, lat, ttft = fig.axes
     assert len(thr.patches) == 2 and len(lat.patches) == 4 and len(ttft.patches) == 4
     assert thr.get_ylabel() == "completed requests / s" and lat.get_ylabel() == "end-to-end latency (s)"

@@ -11,7 +11,6 @@ import httpx
 import pytest
 
 import queuelab as ql
-
 from tests.serve.server_thread import ServerThread, free_port
 
 
@@ -43,7 +42,7 @@ def test_generate_with_the_tiny_model():
     (["stress", "poisson"], 2, "needs --duration or --n-open"),
     (["stress", "incremental", "--waves", "10,x"], 2, "comma-separated"),
     (["stress", "sideways"], 2, "invalid choice"),
-    (["generate", "hi", "--max-tokens", "0"], 2, "must be > 0"),
+    (["generate", "hi", "--max-tokens", "0"], 2, "--max-tokens: value must be an int >= 1, got 0"),
     (["generate", "", "--model", "sim:0"], 1, "queuelab: error: prompt is empty"),
     (["generate", "hi", "--model", "no-such/model-anywhere"], 1, "queuelab: error:"),
     (["stress", "incremental", "--url", "http://127.0.0.1:9"], 1, "no healthy queuelab/OpenAI server"),

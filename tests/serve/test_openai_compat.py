@@ -13,7 +13,6 @@ import queuelab as ql
 from queuelab import stress
 from queuelab.load.http_target import HTTPTarget
 from queuelab.serve.server import create_app
-
 from tests.serve.server_thread import ServerThread
 
 
