@@ -34,3 +34,22 @@ def test_batching_example_runs():
     assert "largest batch 1," in lines[0] and "largest batch 8," in lines[1] and "largest batch 16," in lines[2]
     rates = [float(line.split(": ")[1].split(" tokens/s")[0]) for line in lines]
     assert rates[0] < rates[1] < rates[2]  # sleep-timed model: the ordering holds on a busy machine too
+
+
+def test_the_folder_map_names_every_module():
+    # The map under "Architecture" lists each module in its folder; a new module must be added there.
+    package = Path(__file__).resolve().parents[1] / "queuelab"
+    block = re.search(r"upward import or a cycle.*?```\n(queuelab/\n.*?)```", README, re.S).group(1)
+    listed, folder = set(), ""
+    for line in block.splitlines()[1:]:
+        if m := re.match(r"  (\w+/) +(\w+\.py)", line):  # the first module of a folder
+            folder = m.group(1)
+            listed.add(folder + m.group(2))
+        elif m := re.match(r" {15}(\w+\.py)", line):  # the folder's next modules
+            listed.add(folder + m.group(1))
+        else:  # the root: several modules on a line, then what they are
+            folder = ""
+            listed.update(re.findall(r"(\w+\.py)", line))
+    modules = {str(p.relative_to(package)) for p in package.rglob("*.py") if p.name not in ("__init__.py", "__main__.py")}
+    assert modules - listed == set(), "modules missing from the README's folder map"
+    assert listed - modules == set(), "the README's folder map names modules that do not exist"

@@ -1,1 +1,1 @@
-"""placeholder"""
+"""The engine: RequestQueue (admission, lifecycle, the step loop), its runner, schedulers and recorder."""

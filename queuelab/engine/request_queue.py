@@ -23,7 +23,6 @@ import copy
 import itertools
 import time
 import warnings
-import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
 from enum import StrEnum
@@ -34,7 +33,7 @@ import pandas as pd
 from queuelab.checks import positive, positive_int
 from queuelab.engine import workers as workers_
 from queuelab.engine.recorder import Recorder
-from queuelab.engine.runner import StepOutcome, StepRunner
+from queuelab.engine.runner import StepOutcome, StepRunner, step_log
 from queuelab.engine.scheduling import Scheduler, SequentialScheduler, Step, Wait, WaitingLine
 from queuelab.errors import QueueStateError, SchedulerError
 from queuelab.generation import Completion, GenerationParams
@@ -54,18 +53,15 @@ class QueueState(StrEnum):
     STOPPED = "stopped"
     BROKEN = "broken"
 
-_RUNNING: weakref.WeakKeyDictionary[LanguageModel, RequestQueue] = weakref.WeakKeyDictionary()
-
 
 class RequestQueue:
     """A request queue with one worker; `scheduler` decides how requests share the model (default: one
     at a time, in arrival order).
 
-    `workers=N` serves the FIFO with N workers that share `model`, each running its own steps in
-    its own thread, overlapping on the model (the seed's "shared model with threads"). A list of
-    models, `RequestQueue([m1, m2, m3])`, gives each copy its own worker (the seed's "multiple model
-    instances"). Either way `processing` can reach N, and each worker keeps its own copy of `scheduler`.
-    `sample_interval`, `timeline_max_rows`, `window_s` and `recent` size what the recorder keeps.
+    `workers=N` serves the waiting line with N workers that share `model`, each running its own
+    steps in its own thread, overlapping on the model. A list of models, `RequestQueue([m1, m2, m3])`,
+    gives each copy its own worker. Either way `processing` can reach N, and each worker keeps its
+    own copy of `scheduler`. `sample_interval`, `timeline_max_rows`, `window_s` and `recent` size what the recorder keeps.
     """
 
     def __init__(
@@ -130,9 +126,8 @@ class RequestQueue:
             return self
         if self._state is not QueueState.CREATED:
             raise QueueStateError(f"this queue is {self._state} and cannot be restarted: create a new RequestQueue")
-        for model in dict.fromkeys(self.models):  # each distinct model once, in order
-            previous = _RUNNING.get(model)
-            if previous is not None and previous is not self and previous.running:
+        for previous in workers_.owners(self.models, self):
+            if previous.running:
                 warnings.warn("another RequestQueue was running on this model; stopping it (cancelling what it "
                               "had queued). Stop queues with `await queue.stop()` or use `async with queue:`.",
                               stacklevel=2)
@@ -142,8 +137,7 @@ class RequestQueue:
         self._wakeup = asyncio.Event()
         self._restore_concurrency = workers_.allow_overlap(self.models)
         self._state = QueueState.RUNNING
-        for model in self.models:
-            _RUNNING[model] = self
+        workers_.claim(self.models, self)
         self._workers = [self._loop.create_task(self._work(i), name=f"queuelab-worker-{id(self):x}-{i}")
                          for i in range(len(self.models))]
         self._worker = self._workers[0]
@@ -185,9 +179,7 @@ class RequestQueue:
     def _release_models(self) -> None:
         if self._restore_concurrency is not None and all(t.done() for t in self._workers):
             self.model.concurrent_steps, self._restore_concurrency = self._restore_concurrency, None
-        for model in self.models:
-            if _RUNNING.get(model) is self:
-                del _RUNNING[model]
+        workers_.release(self.models, self)
 
     async def __aenter__(self) -> RequestQueue:
         return await self.start()
@@ -195,6 +187,68 @@ class RequestQueue:
     async def __aexit__(self, exc_type: Any, *exc: Any) -> None:
         # Leaving on an error or interrupt should not wait for a long queue to drain.
         await self.stop(drain=exc_type is None)
+
+    # -- the worker: schedule → run the step in the model thread → postprocess on the loop ----------
+    async def _work(self, i: int = 0) -> None:
+        runner, scheduler = self._runners[i], self._schedulers[i]
+        while step := await self._next_step(runner, scheduler):
+            outcome = await asyncio.to_thread(runner.run, step, interruptible=scheduler.admits_while_running)
+            self._postprocess(outcome)
+
+    async def _next_step(self, runner: StepRunner, scheduler: Scheduler) -> Step | None:
+        """Wait (without polling) until the scheduler has a step; None once stopping with nothing left.
+
+        With several workers, each decides for its own runner from the one shared waiting line; the
+        decision and the taking happen on the loop without an await between them, so no two workers
+        take the same request."""
+        assert self._wakeup is not None
+        while True:
+            runner.interrupt.clear()  # before deciding: an arrival after this point interrupts the step
+            decision = scheduler.schedule(self._waiting, runner.running, time.perf_counter())
+            if isinstance(decision, Step) and decision:
+                self._begin(decision, runner, scheduler)
+                return decision
+            if not self._waiting and not runner.running and self._state is not QueueState.RUNNING:
+                self._wakeup.set()  # pass the news on: another worker may be waiting on the same event
+                return None
+            until = decision.until if isinstance(decision, Wait) else None
+            if until is None and self._waiting and not runner.running:
+                raise SchedulerError(f"{scheduler!r} waits forever with {len(self._waiting)} requests waiting "
+                                   "and nothing running")
+            self._wakeup.clear()
+            timeout = None if until is None else max(0.0, until - time.perf_counter())
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), timeout)
+            except TimeoutError:
+                pass
+
+    def _begin(self, step: Step, runner: StepRunner, scheduler: Scheduler) -> None:
+        """Check the scheduler's step and move the requests it admits to PROCESSING."""
+        running = set(map(id, runner.running))
+        for req in step.prefill:
+            if req.status is not S.QUEUED or req.id in self._waiting:
+                raise SchedulerError(f"{scheduler!r} admitted request {req.id} ({req.status}) without taking "
+                                   "it from the waiting line")
+        if any(id(r) not in running for r in step.decode):
+            raise SchedulerError(f"{scheduler!r} asked to decode a request that is not running")
+        now = time.perf_counter()
+        for req in step.prefill:
+            self._move(req, S.PROCESSING, now)
+
+    def _postprocess(self, outcome: StepOutcome) -> None:
+        # Finished when the loop hands the answer over, not when the model thread produced it: the
+        # hop back to the loop is time the server is still busy with this request (and a caller
+        # cannot have the answer before it), so service time counts it and queueing theory's
+        # utilisation ρ = λ·S is the server's true occupancy.
+        now = time.perf_counter()
+        for req in outcome.finished:
+            seq = req.sequence
+            assert seq is not None and seq.finished_at is not None
+            if seq.first_token_at is not None:
+                _stamp_first_token(req, seq.first_token_at)
+            self._move(req, S.COMPLETED, now, completion=seq.completion())
+        for req in outcome.failed:
+            self._move(req, S.FAILED, now, error=outcome.error)
 
     # -- requests -------------------------------------------------------------------------------
     def submit(self, prompt: Any, *, stream: bool = False, chat_template: bool = True, **gen_kwargs: Any) -> Request:
@@ -293,68 +347,6 @@ class RequestQueue:
             self._active.pop(req.id, None)
             self.recorder.ended(req, now)
 
-    # -- the worker: schedule → run the step in the model thread → postprocess on the loop ----------
-    async def _work(self, i: int = 0) -> None:
-        runner, scheduler = self._runners[i], self._schedulers[i]
-        while step := await self._next_step(runner, scheduler):
-            outcome = await asyncio.to_thread(runner.run, step, interruptible=scheduler.admits_while_running)
-            self._postprocess(outcome)
-
-    async def _next_step(self, runner: StepRunner, scheduler: Scheduler) -> Step | None:
-        """Wait (without polling) until the scheduler has a step; None once stopping with nothing left.
-
-        With several workers, each decides for its own runner from the one shared waiting line; the
-        decision and the taking happen on the loop without an await between them, so no two workers
-        take the same request."""
-        assert self._wakeup is not None
-        while True:
-            runner.interrupt.clear()  # before deciding: an arrival after this point interrupts the step
-            decision = scheduler.schedule(self._waiting, runner.running, time.perf_counter())
-            if isinstance(decision, Step) and decision:
-                self._begin(decision, runner, scheduler)
-                return decision
-            if not self._waiting and not runner.running and self._state is not QueueState.RUNNING:
-                self._wakeup.set()  # pass the news on: another worker may be waiting on the same event
-                return None
-            until = decision.until if isinstance(decision, Wait) else None
-            if until is None and self._waiting and not runner.running:
-                raise SchedulerError(f"{scheduler!r} waits forever with {len(self._waiting)} requests waiting "
-                                   "and nothing running")
-            self._wakeup.clear()
-            timeout = None if until is None else max(0.0, until - time.perf_counter())
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), timeout)
-            except TimeoutError:
-                pass
-
-    def _begin(self, step: Step, runner: StepRunner, scheduler: Scheduler) -> None:
-        """Check the scheduler's step and move the requests it admits to PROCESSING."""
-        running = set(map(id, runner.running))
-        for req in step.prefill:
-            if req.status is not S.QUEUED or req.id in self._waiting:
-                raise SchedulerError(f"{scheduler!r} admitted request {req.id} ({req.status}) without taking "
-                                   "it from the waiting line")
-        if any(id(r) not in running for r in step.decode):
-            raise SchedulerError(f"{scheduler!r} asked to decode a request that is not running")
-        now = time.perf_counter()
-        for req in step.prefill:
-            self._move(req, S.PROCESSING, now)
-
-    def _postprocess(self, outcome: StepOutcome) -> None:
-        # Finished when the loop hands the answer over, not when the model thread produced it: the
-        # hop back to the loop is time the server is still busy with this request (and a caller
-        # cannot have the answer before it), so service time counts it and queueing theory's
-        # utilisation ρ = λ·S is the server's true occupancy.
-        now = time.perf_counter()
-        for req in outcome.finished:
-            seq = req.sequence
-            assert seq is not None and seq.finished_at is not None
-            if seq.first_token_at is not None:
-                _stamp_first_token(req, seq.first_token_at)
-            self._move(req, S.COMPLETED, now, completion=seq.completion())
-        for req in outcome.failed:
-            self._move(req, S.FAILED, now, error=outcome.error)
-
     def _on_worker_exit(self, task: asyncio.Task[None]) -> None:
         if self._state is QueueState.BROKEN:
             return  # another worker's death already settled everything
@@ -391,11 +383,7 @@ class RequestQueue:
         kv_tokens and pad_tokens (KV-cache slots held after the step, and how many of them are padding).
 
         With several workers, every worker's steps in time order, and a `worker` column (0, 1, …)."""
-        since = self.recorder.started_at or 0.0
-        if len(self._runners) == 1:
-            return self._runner.steps(since)
-        frames = [r.steps(since).assign(worker=i) for i, r in enumerate(self._runners)]
-        return pd.concat(frames, ignore_index=True).sort_values("t", kind="stable").reset_index(drop=True)
+        return step_log(self._runners, since=self.recorder.started_at or 0.0)
 
     @property
     def step_count(self) -> int:

@@ -102,3 +102,11 @@ class StepRunner:
 def _seq(r: Request) -> Sequence:
     assert r.sequence is not None, f"request {r.id} has no sequence"
     return r.sequence
+
+
+def step_log(runners: list[StepRunner], since: float) -> pd.DataFrame:
+    """Every runner's steps in time order; with several, a `worker` column (0, 1, …) says whose."""
+    if len(runners) == 1:
+        return runners[0].steps(since)
+    frames = [r.steps(since).assign(worker=i) for i, r in enumerate(runners)]
+    return pd.concat(frames, ignore_index=True).sort_values("t", kind="stable").reset_index(drop=True)

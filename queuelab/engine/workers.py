@@ -1,7 +1,9 @@
-"""The models a queue's workers serve: one model shared by N worker threads, or one copy each."""
+"""The models a queue's workers serve (one model shared by N worker threads, or one copy each), and
+which queue owns a model now."""
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -57,3 +59,25 @@ def allow_overlap(models: list[LanguageModel]) -> int | None:
 def _check_model(model: Any) -> None:
     if not hasattr(model, "generate") or not hasattr(model, "new_sequence"):
         raise ValueError(f"model must be a queuelab LanguageModel (ql.load_model / ql.SimulatedModel), got {model!r}")
+
+
+# One model serves one running queue: a queue started on a model stops the one before it, so
+# re-running a cell that makes and starts a queue never leaves an orphan worker on the model.
+_OWNER: weakref.WeakKeyDictionary[LanguageModel, Any] = weakref.WeakKeyDictionary()
+
+
+def owners(models: list[LanguageModel], new: object) -> list[Any]:
+    """The queues other than `new` that own any of `models` (each once, in order)."""
+    found = [_OWNER.get(m) for m in dict.fromkeys(models)]
+    return list(dict.fromkeys(q for q in found if q is not None and q is not new))
+
+
+def claim(models: list[LanguageModel], owner: object) -> None:
+    for m in models:
+        _OWNER[m] = owner
+
+
+def release(models: list[LanguageModel], owner: object) -> None:
+    for m in models:
+        if _OWNER.get(m) is owner:
+            del _OWNER[m]

@@ -1,8 +1,8 @@
-"""The seed lesson's alternatives to one-at-a-time serving, measured: model copies, threads, static batches.
+"""Alternatives to one-at-a-time serving, measured side by side: model copies, threads, static batches.
 
 Each alternative is a `RequestQueue` (`RequestQueue([m1, m2, m3])`, `RequestQueue(model, workers=3)`,
 `scheduler=StaticBatchScheduler(...)`); this module runs the same burst through each, repeated with
-distinct seeds, and turns the runs into tables with their spread. Memory is in `queuelab.memory`.
+distinct seeds, and turns the runs into tables with their spread. Memory is in `queuelab.lab.memory`.
 """
 
 from __future__ import annotations

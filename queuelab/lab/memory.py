@@ -64,7 +64,7 @@ _MAPPING = re.compile(r"^[0-9a-f]+-[0-9a-f]+ \S+ ([0-9a-f]+) (\S+) (\d+)")
 COPIES_CHILD = r"""
 import json, sys
 import queuelab as ql
-import queuelab.transformers_model  # torch and transformers: the reading with no model includes them
+import queuelab.models.transformers_model  # torch and transformers: the reading with no model includes them
 from queuelab.lab.memory import resident
 copies, name, device, private = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4] == "1"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from queuelab.checks import positive
+from queuelab.checks import positive, positive_int
 
 
 def _check_positive(name: str, value: float | None, *, allow_none: bool = True) -> None:
@@ -35,8 +35,8 @@ def schedule(kind: str, rate: float, *, duration: float | None = None, n: int | 
     _check_positive("rate", rate, allow_none=False)
     _check_positive("duration", duration)
     _check_positive("burstiness", burstiness, allow_none=False)
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-        raise ValueError(f"n must be a positive int, got {n!r}")
+    if n is not None:
+        positive_int("n", n)
     if duration is None and n is None:
         raise ValueError("give duration (seconds) or n (requests), or both: an open-loop run needs an end")
     rng = np.random.default_rng(seed)

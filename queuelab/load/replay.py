@@ -6,10 +6,10 @@ loop as `RequestQueue` + `StepRunner` — ask the scheduler, run the step, keep 
 request finishes (or, for schedulers that admit while running, until one arrives), ask again — but
 each step advances a virtual clock by what `StepCosts` says it costs, so a run takes milliseconds.
 
-It is a model of the queue, so it is checked against the queue: `tests/test_replay.py` runs the same
-arrivals through a `RequestQueue` on a `SimulatedModel` with the same costs and compares every
+It is a model of the queue, so it is checked against the queue: `tests/load/test_replay.py` runs the
+same arrivals through a `RequestQueue` on a `SimulatedModel` with the same costs and compares every
 request's timestamps. What it leaves out is everything the real clock adds: thread hops, the event
-loop, and a real model's step-to-step jitter. Notebook 08 shows the size of that gap.
+loop, and a real model's step-to-step jitter.
 """
 
 from __future__ import annotations

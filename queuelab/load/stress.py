@@ -36,7 +36,7 @@ def __getattr__(name: str) -> Any:
         from queuelab.load.http_target import HTTPTarget
 
         return HTTPTarget
-    raise AttributeError(f"module 'queuelab.stress' has no attribute {name!r}")
+    raise AttributeError(f"module 'queuelab.load.stress' has no attribute {name!r}")
 
 
 __all__ = ["incremental", "rapid_fire", "poisson", "constant", "gamma", "concurrency", "each_scheduler", "summaries",

@@ -73,7 +73,8 @@ class StressRun:
 
     # -- reading ----------------------------------------------------------------------------------
     def report(self) -> str:
-        """The seed lesson's summary lines, then the percentiles it did not have."""
+        """A plain-text summary: counts, success rate, throughput and mean latencies, then the
+        percentiles of wait, time to first token and end-to-end latency."""
         s = self.summary
         ms = lambda k: format_seconds(s[k], missing="n/a")  # noqa: E731
         lines = [

@@ -38,8 +38,7 @@ class LanguageModel(ABC):
     def __init__(self) -> None:
         # One model step at a time by default. Steps of different batches (a queue's, a direct
         # generate call's) may interleave; each batch owns its state. `concurrent_steps` lets several
-        # steps run at once, for threads that share the model (the seed lesson's "shared model with
-        # threads"): each batch has its own KV cache and a forward pass only reads the weights, so
+        # steps run at once, for worker threads that share the model: each batch has its own KV cache and a forward pass only reads the weights, so
         # concurrent steps of different batches give the same answers (tests check the greedy ones).
         self._lock: threading.Lock | threading.BoundedSemaphore = threading.Lock()
         self._concurrent_steps = 1

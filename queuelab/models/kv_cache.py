@@ -130,8 +130,8 @@ class _KVLayer(DynamicLayer):
 
     transformers' DynamicLayer appends a decode step's column with torch.cat, which copies the whole
     cache on every step; here the column is written in place and a view is returned, and the
-    buffer is re-made 32 columns larger when full. (On a 2-core CPU the two measured the same within
-    noise — 156 vs 153 ms per step at batch 16 — the copy matters more where compute is fast.)
+    buffer is re-made 32 columns larger when full. (On a 2-core CPU the two cost the same within
+    noise; the copy matters more where compute is fast.)
     """
 
     def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:

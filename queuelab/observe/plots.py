@@ -213,7 +213,7 @@ def _spread(runs: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
 
 def sweep(runs: pd.DataFrame, y: str = "e2e_p99", *, x: str = "load", target: float | None = None,
           log: bool = True, title: str | None = None) -> Figure:
-    """A load sweep (`queuelab.replay.sweep`, with a `load` column): `y` against `x`, one line per
+    """A load sweep (`queuelab.load.replay.sweep`, with a `load` column): `y` against `x`, one line per
     scheduler, the mean over seeds with bars from the best to the worst seed."""
     fig, ax = _figure(size=(8, 4.5))
     a = ax[0, 0]
