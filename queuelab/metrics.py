@@ -149,6 +149,21 @@ class Health:
 
 
 @dataclass(frozen=True)
+class KVUsage:
+    """A paged KV cache's blocks: in use, the budget, their size, and how full the running
+    sequences' last blocks are on average (the only slots a paged cache holds unfilled)."""
+
+    blocks_used: int
+    blocks_total: int
+    block_size: int
+    last_block_fill: float
+
+    @property
+    def blocks_free(self) -> int:
+        return self.blocks_total - self.blocks_used
+
+
+@dataclass(frozen=True)
 class QueueStats:
     """A snapshot of the queue. Rates over `window_s` seconds, and since start (`_overall`)."""
 
@@ -169,6 +184,7 @@ class QueueStats:
     active: list[ActiveRequest]
     recent: list[RecentRequest]  # newest first
     health: Health
+    kv: KVUsage | None = None  # None: no paged KV cache (the padded one, or none)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:

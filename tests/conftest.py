@@ -5,7 +5,18 @@ import queuelab as ql
 
 @pytest.fixture(scope="session")
 def tiny() -> ql.LanguageModel:
-    return ql.load_model("tiny-random")
+    return ql.load_model("tiny-random")  # the paged KV cache, the default
+
+
+@pytest.fixture(scope="session")
+def tiny_padded() -> ql.LanguageModel:
+    return ql.load_model("tiny-random", kv_cache="padded")
+
+
+@pytest.fixture(scope="session", params=["paged", "padded"])
+def tiny_each_cache(request: pytest.FixtureRequest) -> ql.LanguageModel:
+    """The tiny model once with each KV cache: for what must hold for both."""
+    return ql.load_model("tiny-random", kv_cache=request.param)
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,7 @@ from queuelab.metrics import (
     ActiveRequest,
     Health,
     Histogram,
+    KVUsage,
     LatencyLog,
     QueueStats,
     RateWindow,
@@ -81,7 +82,8 @@ class Recorder:
     def timeline(self, window_s: float | None = None) -> pd.DataFrame:
         return self.ticker.frame(window_s)
 
-    def stats(self, now: float, *, queue_size: int, active: Collection[Request], health: Health) -> QueueStats:
+    def stats(self, now: float, *, queue_size: int, active: Collection[Request], health: Health,
+              kv: KVUsage | None = None) -> QueueStats:
         """A snapshot at `now` (at the stop time, once stopped)."""
         now = self.stopped_at or now
         start = self.started_at or now
@@ -97,7 +99,7 @@ class Recorder:
             active=[ActiveRequest(r.id, preview(r.prompt), now - (r.started or now), r.tokens_streamed)
                     for r in active],
             recent=[_recent(r) for r in reversed(self.recent)],
-            health=health,
+            health=health, kv=kv,
         )
 
     @property

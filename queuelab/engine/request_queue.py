@@ -37,7 +37,7 @@ from queuelab.engine.runner import StepOutcome, StepRunner, step_log
 from queuelab.engine.scheduling import Scheduler, SequentialScheduler, Step, Wait, WaitingLine
 from queuelab.errors import QueueStateError, SchedulerError
 from queuelab.generation import Completion, GenerationParams
-from queuelab.metrics import Health, Histogram, QueueStats
+from queuelab.metrics import Health, Histogram, KVUsage, QueueStats
 from queuelab.models.base import LanguageModel
 from queuelab.request import Request, RequestStatus
 
@@ -401,7 +401,17 @@ class RequestQueue:
     def stats(self) -> QueueStats:
         """A consistent snapshot of counts, rates, latency percentiles, the active requests and health."""
         return self.recorder.stats(time.perf_counter(), queue_size=len(self._waiting),
-                                   active=list(self._active.values()), health=self.health())
+                                   active=list(self._active.values()), health=self.health(), kv=self.kv_usage())
+
+    def kv_usage(self) -> KVUsage | None:
+        """KV blocks in use over every worker's paged cache (None when the cache is not paged)."""
+        usages = [u for u in (r.batch.kv_usage() for r in self._runners) if u is not None]
+        if not usages:
+            return None
+        if len(usages) == 1:
+            return usages[0]
+        return KVUsage(sum(u.blocks_used for u in usages), sum(u.blocks_total for u in usages),
+                       usages[0].block_size, sum(u.last_block_fill for u in usages) / len(usages))
 
     def histograms(self) -> dict[str, Histogram]:
         """Cumulative latency histograms (wait, service, ttft, e2e) of completed requests, for Prometheus."""

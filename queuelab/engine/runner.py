@@ -19,7 +19,8 @@ from queuelab.models.base import LanguageModel, StepInfo
 from queuelab.request import Request
 from queuelab.sequence import Sequence
 
-STEP_COLUMNS = ("t", "batch_size", "prefill_tokens", "decode_tokens", "duration_s", "kv_tokens", "pad_tokens")
+STEP_COLUMNS = ("t", "batch_size", "prefill_tokens", "decode_tokens", "duration_s", "kv_tokens", "pad_tokens",
+                "kv_blocks")
 
 
 @dataclass
@@ -47,18 +48,24 @@ class StepRunner:
     def run(self, step: Step, *, interruptible: bool) -> StepOutcome:
         """Run `step`, then keep decoding every running request until one finishes (or, if
         `interruptible`, until `interrupt` is set). Runs in a worker thread."""
-        decoding = False
+        prefill, decode = [_seq(r) for r in step.prefill], [_seq(r) for r in step.decode]
+        mixed = bool(prefill and decode and self.batch.mixes_steps)
+        # Who a failure takes down: a prefill alone touches only the joining requests' cache; a
+        # step that decodes touches every running row.
+        victims = [*step.prefill, *self.running] if mixed else step.prefill
         try:
-            if step.prefill:
-                self._record(self.batch.prefill([_seq(r) for r in step.prefill]))
-                self.running.extend(step.prefill)
-            decoding = True
-            if step.decode:
-                self._record(self.batch.decode([_seq(r) for r in step.decode]))
+            if mixed:
+                self._record(self.batch.mixed(prefill, decode))
+            elif prefill:
+                self._record(self.batch.prefill(prefill))
+            self.running.extend(step.prefill)
+            victims = list(self.running)
+            if decode and not mixed:
+                self._record(self.batch.decode(decode))
             while self.batch.running and not self._any_finished() and not (interruptible and self.interrupt.is_set()):
                 self._record(self.batch.decode())
         except Exception as e:  # the model failed: fail the step's requests, keep serving the rest
-            return self._fail(list(self.running) if decoding else step.prefill, f"{type(e).__name__}: {e}")
+            return self._fail(victims, f"{type(e).__name__}: {e}")
         return StepOutcome(finished=self._collect_finished())
 
     def _any_finished(self) -> bool:
@@ -88,8 +95,8 @@ class StepRunner:
     def steps(self, since: float) -> pd.DataFrame:
         """One row per model step: its start (`t`, and `elapsed` since `since`), batch size, tokens, duration."""
         with self._log_lock:
-            rows = [(s.t, s.batch_size, s.prefill_tokens, s.decode_tokens, s.duration_s, s.kv_tokens, s.pad_tokens)
-                    for s in self._log]
+            rows = [(s.t, s.batch_size, s.prefill_tokens, s.decode_tokens, s.duration_s, s.kv_tokens, s.pad_tokens,
+                     s.kv_blocks) for s in self._log]
         df = pd.DataFrame(rows, columns=list(STEP_COLUMNS))
         df.insert(1, "elapsed", df["t"] - since)
         return df

@@ -55,6 +55,26 @@ def largest_batch(budget_bytes: int, per_token: int, context_tokens: int) -> int
     return budget_bytes // (per_token * context_tokens)
 
 
+def rows_that_fit(budget_bytes: int, per_token: int, contexts: Sequence[int], *, paged: bool,
+                  block_size: int = 16, spare: int = 32) -> int:
+    """How many of `contexts` (tokens each row may hold: prompt + max_new_tokens), taken in order,
+    fit in `budget_bytes` of KV cache.
+
+    Padded: every row is as wide as the longest so far, plus `spare` columns (the padded cache grows
+    its buffers that many at a time). Paged: each row holds its own blocks, its context rounded up
+    to whole blocks of `block_size`, and nothing else.
+    """
+    positive_int("per_token", per_token)
+    slots = budget_bytes // per_token
+    for n in range(1, len(contexts) + 1):
+        rows = contexts[:n]
+        need = (n * (max(rows) + spare) if not paged
+                else sum(-(-c // block_size) * block_size for c in rows))
+        if need > slots:
+            return n - 1
+    return len(contexts)
+
+
 def padding_fraction(steps: pd.DataFrame) -> float:
     """The share of KV-cache slots that held padding, over the decode steps of a step log
     (`run.steps` or `queue.steps()`): each step's slots weighted equally. NaN if no slot was held."""

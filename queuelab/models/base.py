@@ -17,6 +17,7 @@ from typing import Any
 
 from queuelab.checks import positive_int
 from queuelab.generation import Completion, GenerationParams, check_prompt
+from queuelab.metrics import KVUsage
 from queuelab.sequence import Sequence, TokenCallback
 
 EMBEDDED = "smollm2-135m"
@@ -152,6 +153,7 @@ class StepInfo:
     decode_tokens: int
     kv_tokens: int = 0  # slots held in the KV cache after the step, padding included
     pad_tokens: int = 0  # of which padding
+    kv_blocks: int = 0  # KV blocks in use after the step (a paged cache; 0 otherwise)
 
 
 class RunningBatch(ABC):
@@ -166,13 +168,12 @@ class RunningBatch(ABC):
         self.model = model
         self.running: list[Sequence] = []
 
+    #: Whether one forward pass can prefill some sequences and decode others (`_mixed`).
+    mixes_steps = False
+
     def prefill(self, seqs: list[Sequence]) -> StepInfo:
         """Run the prompts of `seqs` (new sequences); each gets its first token."""
-        if not seqs:
-            raise ValueError("prefill() needs at least one sequence")
-        for s in seqs:
-            if s.started is not None:
-                raise ValueError(f"{s!r} was already started")
+        self._check_new(seqs)
         with self.model._lock:
             t0 = time.perf_counter()
             for s in seqs:
@@ -182,6 +183,34 @@ class RunningBatch(ABC):
 
     def decode(self, seqs: list[Sequence] | None = None) -> StepInfo:
         """One token for each of `seqs` (default: every running sequence)."""
+        todo = self._check_running(seqs)
+        with self.model._lock:
+            t0 = time.perf_counter()
+            self._decode(todo)
+            return self._done(t0, len(todo), 0, len(todo))
+
+    def mixed(self, prefill: list[Sequence], decode: list[Sequence]) -> StepInfo:
+        """Prefill `prefill` and decode `decode` (running sequences) in one forward pass: a step is
+        {sequence: tokens}, as in vLLM v1. Only where `mixes_steps` (the paged cache)."""
+        if not self.mixes_steps:
+            raise NotImplementedError(f"{type(self).__name__} runs a prefill and a decode as two steps")
+        self._check_new(prefill)
+        todo = self._check_running(decode)
+        with self.model._lock:
+            t0 = time.perf_counter()
+            for s in prefill:
+                s.started = t0
+            tokens = self._mixed(prefill, todo)
+            return self._done(t0, len(prefill) + len(todo), tokens, len(todo))
+
+    def _check_new(self, seqs: list[Sequence]) -> None:
+        if not seqs:
+            raise ValueError("prefill() needs at least one sequence")
+        for s in seqs:
+            if s.started is not None:
+                raise ValueError(f"{s!r} was already started")
+
+    def _check_running(self, seqs: list[Sequence] | None) -> list[Sequence]:
         todo = list(self.running) if seqs is None else seqs
         if not todo:
             raise ValueError("decode() with no running sequences")
@@ -189,10 +218,11 @@ class RunningBatch(ABC):
             running = set(map(id, self.running))
             if any(id(s) not in running for s in todo):
                 raise ValueError("decode() of a sequence that is not running in this batch")
-        with self.model._lock:
-            t0 = time.perf_counter()
-            self._decode(todo)
-            return self._done(t0, len(todo), 0, len(todo))
+        return todo
+
+    def _mixed(self, prefill: list[Sequence], decode: list[Sequence]) -> int:
+        """One forward pass over both; return prompt tokens run (only where `mixes_steps`)."""
+        raise NotImplementedError
 
     def release(self, seqs: list[Sequence]) -> None:
         """Drop sequences (finished or abandoned) and their KV state. Idempotent."""
@@ -207,7 +237,8 @@ class RunningBatch(ABC):
         if finished:
             self.release(finished)
         kv, pad = self.kv_tokens()
-        return StepInfo(t0, time.perf_counter() - t0, batch_size, prefill_tokens, decode_tokens, kv, pad)
+        return StepInfo(t0, time.perf_counter() - t0, batch_size, prefill_tokens, decode_tokens, kv, pad,
+                        self.kv_blocks()[0])
 
     def kv_tokens(self) -> tuple[int, int]:
         """(slots held in the KV cache, of which padding); (0, 0) for a model without one."""
@@ -216,6 +247,14 @@ class RunningBatch(ABC):
     def kv_bytes(self) -> int:
         """Bytes the KV cache holds now."""
         return 0
+
+    def kv_blocks(self) -> tuple[int, int]:
+        """(KV blocks in use, the budget in blocks); (0, 0) for a cache that is not paged."""
+        return 0, 0
+
+    def kv_usage(self) -> KVUsage | None:
+        """The paged cache's blocks now (None if the cache is not paged). Read from other threads."""
+        return None
 
     @abstractmethod
     def _prefill(self, seqs: list[Sequence]) -> int:

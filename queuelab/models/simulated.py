@@ -13,10 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from queuelab.checks import non_negative
+from queuelab.checks import non_negative, positive_int
 from queuelab.errors import SimulatedFailure
 from queuelab.generation import GenerationParams
+from queuelab.metrics import KVUsage
 from queuelab.models.base import LanguageModel, RunningBatch
+from queuelab.models.block_manager import BlockManager, OutOfBlocks
 from queuelab.models.calibration import Calibration, fit, measure
 from queuelab.models.step_costs import StepCosts
 from queuelab.sequence import Sequence, TokenCallback
@@ -139,8 +141,13 @@ class SimulatedModel(LanguageModel):
         name: str = "simulated",
         count_tokens: Callable[[str], int] | None = None,
         answer_tokens: Callable[[str], int] | None = None,
+        kv_blocks: int = 4096,
+        block_size: int = 16,
     ) -> None:
         super().__init__()
+        #: The same KV-block accounting as a paged real model (no tensors): a budget a twin can run out of.
+        self.kv_blocks = positive_int("kv_blocks", kv_blocks)
+        self.block_size = positive_int("block_size", block_size)
         if step_costs is not None:
             if service_time is not _DEFAULT_SERVICE:
                 raise ValueError("give service_time or step_costs, not both")
@@ -231,6 +238,8 @@ class SimulatedModel(LanguageModel):
             "service_time": None if self.step_costs else repr(self.service_time),
             "step_costs": repr(self.step_costs) if self.step_costs else None,
             "seed": self.seed,
+            "kv_blocks": self.kv_blocks,
+            "block_size": self.block_size,
         }
 
 
@@ -243,6 +252,7 @@ class _SimulatedBatch(RunningBatch):
         self._overshoot = 0.0  # how late the last sleep woke up
         self._slot: dict[int, float] = {}  # service_time mode: seconds per token of each sequence
         self._length: dict[int, int] = {}  # tokens each sequence will produce before it stops
+        self.blocks = BlockManager(model.kv_blocks, model.block_size)
 
     def _start(self) -> float:
         # While sequences run, the next step starts as if the last sleep had woken on time: overshoot
@@ -266,6 +276,7 @@ class _SimulatedBatch(RunningBatch):
                 slots[id(s)] = m.service_time.sample(m._rng, n) / n
         if failed is not None:
             raise SimulatedFailure(f"simulated model failure on prompt {failed.prompt[:30]!r}")
+        self._reserve(seqs, [s.prompt_tokens for s in seqs])
         self._length.update(lengths)
         self._slot.update(slots)
         if costs is None:
@@ -279,6 +290,7 @@ class _SimulatedBatch(RunningBatch):
 
     def _decode(self, seqs: list[Sequence]) -> None:
         start = self._start()
+        self._reserve(seqs, [1] * len(seqs))
         costs = self.m.step_costs
         cost = max(self._slot[id(s)] for s in seqs) if costs is None else costs.decode(len(seqs))
         self._sleep(start, cost)
@@ -300,6 +312,26 @@ class _SimulatedBatch(RunningBatch):
             if id(s) not in kept:
                 self._slot.pop(id(s), None)
                 self._length.pop(id(s), None)
+                self.blocks.free_owner(id(s))
+
+    def _reserve(self, seqs: list[Sequence], tokens: list[int]) -> None:
+        """KV blocks for each sequence's new tokens, as a paged cache would hold them; all or none."""
+        need = sum(self.blocks.blocks_for(self.blocks.tokens(id(s)) + n if id(s) in self.blocks.tables else n)
+                   - len(self.blocks.tables.get(id(s), ())) for s, n in zip(seqs, tokens))
+        if need > self.blocks.free:
+            raise OutOfBlocks(f"KV cache full: {need} KV blocks needed, {self.blocks.free} free of "
+                              f"{self.blocks.num_blocks} (raise kv_blocks)")
+        for s, n in zip(seqs, tokens):
+            self.blocks.reserve(id(s), n)
+
+    def kv_tokens(self) -> tuple[int, int]:
+        return self.blocks.used * self.blocks.block_size, 0
+
+    def kv_blocks(self) -> tuple[int, int]:
+        return self.blocks.used, self.blocks.num_blocks
+
+    def kv_usage(self) -> KVUsage:
+        return self.blocks.usage([id(s) for s in list(self.running)])
 
 
 def _sleep_until(deadline: float) -> None:

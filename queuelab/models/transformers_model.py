@@ -11,18 +11,35 @@ from urllib.parse import urlparse
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+from queuelab.checks import positive_int
 from queuelab.generation import GenerationParams
 from queuelab.models import embedded
 from queuelab.models.base import EMBEDDED, TINY, LanguageModel, RunningBatch
 from queuelab.models.kv_cache import PaddedKVBatch
+from queuelab.models.paged_kv_cache import ATTENTION, PagedKVBatch
 from queuelab.sequence import Sequence, TokenCallback
+
+KV_CACHES = ("paged", "padded")
+#: The default KV budget: 4,096 blocks of 16 tokens (65,536 tokens; for SmolLM2-135M in fp32, 3 GB if
+#: all were used). The pool is allocated as blocks are used, so a budget this size costs nothing idle.
+DEFAULT_KV_BLOCKS = 4096
 
 
 class TransformersModel(LanguageModel):
     """A transformers causal LM and its tokenizer. Instruct models get their chat template applied."""
 
-    def __init__(self, model: Any, tokenizer: Any, *, name: str, load_info: dict[str, Any] | None = None) -> None:
+    def __init__(self, model: Any, tokenizer: Any, *, name: str, load_info: dict[str, Any] | None = None,
+                 kv_cache: str = "paged", kv_blocks: int = DEFAULT_KV_BLOCKS, block_size: int = 16) -> None:
         super().__init__()
+        if kv_cache not in KV_CACHES:
+            raise ValueError(f"kv_cache must be one of {', '.join(map(repr, KV_CACHES))}, got {kv_cache!r}")
+        #: "paged" (blocks from one pool, no padding) or "padded" (one left-padded tensor).
+        self.kv_cache = kv_cache
+        self.kv_blocks = positive_int("kv_blocks", kv_blocks)
+        self.block_size = positive_int("block_size", block_size)
+        # One attention function serves both caches: SDPA for the padded one, the paged path when
+        # a step carries a plan (see paged_kv_cache).
+        model.config._attn_implementation = ATTENTION
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name
@@ -56,7 +73,7 @@ class TransformersModel(LanguageModel):
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def new_batch(self) -> RunningBatch:
-        return PaddedKVBatch(self)
+        return PagedKVBatch(self) if self.kv_cache == "paged" else PaddedKVBatch(self)
 
     # -- description ----------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
@@ -69,12 +86,15 @@ class TransformersModel(LanguageModel):
             "device": str(self.model.device),
             "memory_bytes": memory,
             "max_context": self.max_context,
+            "kv_cache": self.kv_cache,
+            "kv_blocks": self.kv_blocks,
+            "block_size": self.block_size,
             **self.load_info,
         }
 
 
 # -- loaders ------------------------------------------------------------------------------------
-def load_transformers_model(name: str, *, device: str, dtype: Any) -> TransformersModel:
+def load_transformers_model(name: str, *, device: str, dtype: Any, **options: Any) -> TransformersModel:
     t0 = time.perf_counter()
     torch_dtype = _resolve_dtype(dtype, device)
     with embedded.quiet_transformers():
@@ -90,7 +110,7 @@ def load_transformers_model(name: str, *, device: str, dtype: Any) -> Transforme
             info = {"source": name}
     model.to(device)
     info["load_s"] = round(time.perf_counter() - t0, 3)
-    return TransformersModel(model, tok, name=name, load_info=info)
+    return TransformersModel(model, tok, name=name, load_info=info, **options)
 
 
 def _resolve_dtype(dtype: Any, device: str) -> torch.dtype:

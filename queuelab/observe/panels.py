@@ -59,6 +59,10 @@ def health_rows(s: dict[str, Any]) -> Rows:
             ("Device / dtype", f"{m.get('device', '?')} / {m.get('dtype', '?')}"),
             ("Memory", f"{(m.get('memory_bytes') or 0) / 1e6:.0f} MB"), ("Worker alive", alive),
             ("Event-loop lag", format_seconds(h["loop_lag_s"])), ("Queue state", h["state"])]
+    kv = s.get("kv")
+    if kv:
+        rows.append(("KV blocks", f"{kv['blocks_used']:,} / {kv['blocks_total']:,} used ({kv['block_size']} tokens "
+                                  f"each), last blocks {kv['last_block_fill']:.0%} full"))
     if h["error"]:
         rows.append(("Error", h["error"]))
     return rows

@@ -24,9 +24,10 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 
 
 # -- shared helpers -----------------------------------------------------------------------------------
-def make_model(spec: str) -> Any:
+def make_model(spec: str, **load_options: Any) -> Any:
     """'sim:SECONDS' is a SimulatedModel with that service time; 'sim-steps:BASE,PER_SEQ[,PER_PROMPT_TOKEN]'
-    one with engine step costs (decode step = BASE + PER_SEQ × batch size); anything else goes to ql.load_model."""
+    one with engine step costs (decode step = BASE + PER_SEQ × batch size); anything else goes to ql.load_model,
+    with `load_options` (kv_cache, kv_blocks, block_size, dtype), which simulated models ignore."""
     import queuelab as ql
 
     if spec.startswith("sim-steps:"):
@@ -45,7 +46,12 @@ def make_model(spec: str) -> Any:
             return ql.SimulatedModel(float(spec[4:]), name=spec)
         except ValueError as e:
             raise CLIError(f"--model {spec}: {e}") from None
-    return ql.load_model(spec)
+    return ql.load_model(spec, **load_options)
+
+
+def load_options(a: argparse.Namespace) -> dict[str, Any]:
+    """ql.load_model's options from the arguments _model_args adds."""
+    return {"kv_cache": a.kv_cache, "kv_blocks": a.kv_blocks, "block_size": a.block_size, "dtype": a.dtype}
 
 
 def scheduler_from_args(a: argparse.Namespace) -> Any:
@@ -124,7 +130,7 @@ def _last_line(path: str) -> str:
 
 # -- commands -----------------------------------------------------------------------------------------
 def cmd_generate(a: argparse.Namespace) -> None:
-    model = make_model(a.model)
+    model = make_model(a.model, **load_options(a))
     c = model.generate(a.prompt, max_new_tokens=a.max_tokens, temperature=a.temperature, seed=a.seed,
                        on_token=lambda piece: print(piece, end="", flush=True))
     print()
@@ -138,7 +144,7 @@ def cmd_serve(a: argparse.Namespace) -> None:
 
     if a.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"queuelab: serving on {a.host}: reachable from other machines", file=sys.stderr)
-    queue = ql.RequestQueue(make_model(a.model), max_queue_size=a.max_queue, scheduler=scheduler_from_args(a))
+    queue = ql.RequestQueue(make_model(a.model, **load_options(a)), max_queue_size=a.max_queue, scheduler=scheduler_from_args(a))
     print(f"queuelab: serving {queue.model.name} with {queue.scheduler!r} on http://{a.host}:{a.port} (Ctrl-C: "
           f"{'cancel queued requests' if a.cancel_on_shutdown else 'finish queued requests'}, then exit)",
           file=sys.stderr)
@@ -275,6 +281,14 @@ def _scheduler_args(p: argparse.ArgumentParser, note: str = "") -> None:
                    help="largest batch for the batching schedulers (their default if omitted)")
 
 
+def _model_args(p: argparse.ArgumentParser) -> None:
+    """How a real model is loaded (simulated models ignore these)."""
+    p.add_argument("--kv-cache", default="paged", choices=["paged", "padded"], help="KV cache layout (default: paged)")
+    p.add_argument("--kv-blocks", type=_positive(int), default=None, help="paged: blocks in the KV pool (default 4096)")
+    p.add_argument("--block-size", type=_positive(int), default=16, help="paged: tokens per block (default 16)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="weights' dtype (default: float32)")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="queuelab", description="Serve a language model behind a FIFO queue, "
                                 "load it, and watch it.")
@@ -288,6 +302,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--max-tokens", type=_positive(int), default=64)
     g.add_argument("--temperature", type=float, default=0.0)
     g.add_argument("--seed", type=int, default=None)
+    _model_args(g)
     g.set_defaults(func=cmd_generate)
 
     s = sub.add_parser("serve", help="serve the model over an OpenAI-compatible HTTP API")
@@ -304,6 +319,7 @@ def parser() -> argparse.ArgumentParser:
                    help="a Host header to answer (repeatable; '*' for any). Default: the bound address's "
                         "names on loopback (a guard against DNS rebinding), any on 0.0.0.0")
     _scheduler_args(s)
+    _model_args(s)
     s.set_defaults(func=cmd_serve)
 
     m = sub.add_parser("monitor", help="live four-panel terminal dashboard of a server's queue")

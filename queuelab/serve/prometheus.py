@@ -30,6 +30,12 @@ class QueueCollector:
                                 "1 when sequential).", value=s.processing)
         yield GaugeMetricFamily("queuelab_max_batch", "The scheduler's largest batch.", value=q.scheduler.max_batch)
         yield CounterMetricFamily("queuelab_model_steps", "Model steps run (prefill or decode).", value=q.step_count)
+        if s.kv is not None:
+            yield GaugeMetricFamily("queuelab_kv_blocks_used", "KV-cache blocks held by running requests.",
+                                    value=s.kv.blocks_used)
+            yield GaugeMetricFamily("queuelab_kv_blocks_total", "KV-cache blocks in the budget.", value=s.kv.blocks_total)
+            yield GaugeMetricFamily("queuelab_kv_last_block_fill", "Mean fill of the running requests' last KV blocks "
+                                    "(0-1).", value=s.kv.last_block_fill)
         requests = CounterMetricFamily("queuelab_requests", "Requests by final state (submitted counts every request).",
                                        labels=["state"])
         for state in ("submitted", "completed", "failed", "cancelled", "rejected"):

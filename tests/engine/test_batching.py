@@ -28,7 +28,8 @@ async def serve_all(model, scheduler, prompts, **kw):
 
 
 @pytest.mark.parametrize("make", SCHEDULERS, ids=IDS)
-async def test_greedy_answers_equal_generate_alone_on_the_whole_prompt_set(tiny, make):
+async def test_greedy_answers_equal_generate_alone_on_the_whole_prompt_set(tiny_each_cache, make):
+    tiny = tiny_each_cache
     prompts = [p["prompt"] for p in load_prompts()]
     alone = [tiny.generate(p, max_new_tokens=12) for p in prompts]
     reqs, steps = await serve_all(tiny, make(), prompts, max_new_tokens=12)
@@ -39,16 +40,24 @@ async def test_greedy_answers_equal_generate_alone_on_the_whole_prompt_set(tiny,
 
 
 @pytest.mark.real_model
-async def test_real_model_greedy_answers_equal_generate_alone_under_continuous_batching(real):
-    # 20 prompts of mixed length (every fifth of the set: questions, instructions, stories, code).
-    prompts = [p["prompt"] for p in load_prompts()][::5][:20]
-    alone = [real.generate(p, max_new_tokens=24) for p in prompts]
-    reqs, steps = await serve_all(real, ql.ContinuousBatchScheduler(max_batch=20), prompts, max_new_tokens=24)
+@pytest.mark.parametrize("kv_cache", ["paged", "padded"])
+async def test_real_model_greedy_answers_equal_generate_alone_under_continuous_batching(real, kv_cache):
+    # 32 prompts of mixed length (every third of the set: questions, instructions, stories, code), all at
+    # once: one batched prefill of 32 (paged: one ragged forward pass), then batched decodes.
+    model = real if real.kv_cache == kv_cache else ql.load_model(kv_cache=kv_cache)
+    prompts = [p["prompt"] for p in load_prompts()][::3][:32]
+    alone = [model.generate(p, max_new_tokens=16) for p in prompts]
+    reqs, steps = await serve_all(model, ql.ContinuousBatchScheduler(max_batch=32), prompts, max_new_tokens=16)
     assert [r.completion.text for r in reqs] == [c.text for c in alone]
-    assert steps.batch_size.max() == 20 and steps.pad_tokens.max() > 0  # a real batch, with padding
+    assert steps.batch_size.max() == 32
+    if kv_cache == "paged":
+        assert steps.pad_tokens.max() == 0 and steps.prefill_tokens.max() == sum(r.prompt_tokens for r in reqs)
+    else:
+        assert steps.pad_tokens.max() > 0  # rows of different lengths, left-padded
 
 
-async def test_every_request_keeps_its_own_parameters_inside_one_batch(tiny):
+async def test_every_request_keeps_its_own_parameters_inside_one_batch(tiny_each_cache):
+    tiny = tiny_each_cache
     prompt = "Tell me about queues."
     kinds = [dict(max_new_tokens=3), dict(max_new_tokens=9), dict(max_new_tokens=9, temperature=1.2, seed=1),
              dict(max_new_tokens=9, temperature=1.2, seed=2), dict(max_new_tokens=9, temperature=1.2, seed=1)]
@@ -65,10 +74,11 @@ async def test_every_request_keeps_its_own_parameters_inside_one_batch(tiny):
     assert reqs[0].finished < reqs[1].finished  # the short one completed when it ended, not with the batch
 
 
-async def test_a_request_that_stops_at_eos_leaves_the_batch(tiny):
-    eos_first = mock.patch("queuelab.models.kv_cache.pick_tokens",
-                           lambda seqs, logits, eos_id: [eos_id if s.prompt == "stop" else 42 for s in seqs])
-    with eos_first:
+async def test_a_request_that_stops_at_eos_leaves_the_batch(tiny_each_cache):
+    tiny = tiny_each_cache
+    pick = lambda seqs, logits, eos_id: [eos_id if s.prompt == "stop" else 42 for s in seqs]
+    with mock.patch("queuelab.models.kv_cache.pick_tokens", pick), \
+            mock.patch("queuelab.models.paged_kv_cache.pick_tokens", pick):
         reqs, steps = await serve_all(tiny, ql.ContinuousBatchScheduler(max_batch=4), ["go", "stop", "go"],
                                       max_new_tokens=5)
     assert [(r.completion.completion_tokens, r.completion.finish_reason) for r in reqs] == [
@@ -108,7 +118,8 @@ async def test_static_batching_admits_nothing_while_a_batch_runs():
     assert all(end <= nxt for (_, end), (nxt, _) in zip(spans, spans[1:]))
 
 
-async def test_a_fault_in_a_batched_decode_fails_that_step_and_the_queue_goes_on(tiny):
+async def test_a_fault_in_a_batched_decode_fails_that_step_and_the_queue_goes_on(tiny_each_cache):
+    tiny = tiny_each_cache
     batch_class = type(tiny.new_batch())
     real_decode = batch_class._decode
     calls = {"n": 0}
@@ -156,7 +167,7 @@ async def test_observers_see_the_whole_batch():
     rows = panels.active_rows(s.as_dict())
     assert rows[0] == ("Batch", "4 requests running") and [r[0] for r in rows[1:]] == ["#1", "#2", "#3", "#4"]
     assert list(steps.columns) == ["t", "elapsed", "batch_size", "prefill_tokens", "decode_tokens", "duration_s",
-                                   "kv_tokens", "pad_tokens"]
+                                   "kv_tokens", "pad_tokens", "kv_blocks"]
     assert steps.decode_tokens.sum() + (steps.prefill_tokens > 0).sum() >= 6 * 30 - 6
     assert steps.batch_size.max() == 4 and (steps.t.diff().dropna() > 0).all()
 

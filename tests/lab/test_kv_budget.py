@@ -13,7 +13,8 @@ def test_bytes_per_token_of_the_tiny_model(tiny):
     assert kv_budget.bytes_per_token(tiny) == 2 * 2 * 2 * 16 * 4
 
 
-def test_bytes_per_token_matches_a_real_batch(tiny):
+def test_bytes_per_token_matches_a_real_padded_batch(tiny_padded):
+    tiny = tiny_padded
     per_token = kv_budget.bytes_per_token(tiny)
     batch = tiny.new_batch()
     prompts = ["What is a queue?", "Explain, in a few words, why a batch of requests shares one forward pass."]
@@ -23,7 +24,7 @@ def test_bytes_per_token_matches_a_real_batch(tiny):
     slots, pad = batch.kv_tokens()
     lengths = [s.prompt_tokens for s in batch.running]
     assert (slots, pad) == kv_budget.padded_slots(lengths, decode_steps=3)
-    # The buffers hold the slots plus up to 32 spare columns per row (see _KVLayer), all at per_token bytes.
+    # The buffers hold the slots plus up to 32 spare columns per row (see kv_cache._KVLayer), all at per_token bytes.
     rows = len(batch.running)
     assert per_token * slots < batch.kv_bytes() <= per_token * (slots + 32 * rows)
     assert (batch.kv_bytes() - per_token * slots) % (per_token * rows) == 0
