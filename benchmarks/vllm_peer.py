@@ -367,6 +367,24 @@ def compare_answers(v: list[Stream], q: list[Stream]) -> None:
     print(f"\n  greedy answers identical on both servers: {same} of {len(v)}{detail}")
 
 
+def in_process_decode(prompt: str, dtype: str, kv_cache: str) -> float:
+    """queuelab's own decode rate on the same single request, in this process (no server, no HTTP):
+    the median over the repeats of tokens after the first ÷ the time from the first token to the last."""
+    import queuelab as ql
+    from queuelab.generation import GenerationParams
+
+    model = ql.load_model(dtype=dtype, kv_cache=kv_cache)
+    model.generate("Say hello.", max_new_tokens=4)  # warm-up, as the servers had
+    rates = []
+    for _ in range(SINGLE_REPEATS):
+        seq = model.new_sequence(prompt, GenerationParams(max_new_tokens=MAX_TOKENS, ignore_eos=True),
+                                 on_token=lambda piece: None)  # streamed, as the server streams
+        model.run_to_completion([seq])
+        assert seq.first_token_at is not None and seq.finished_at is not None
+        rates.append((len(seq.output_ids) - 1) / (seq.finished_at - seq.first_token_at))
+    return statistics.median(rates)
+
+
 def cpu_name() -> str:
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -411,6 +429,10 @@ def main() -> int:
     v, q = figures(vllm), figures(queuelab)
     print_table(v, q)
     compare_answers(vllm.burst, queuelab.burst)
+    local = in_process_decode(prompts[0], a.dtype, a.kv_cache)
+    served = q["single_decode_tok_s"]
+    print(f"\n  queuelab in process (generate, same request): {local:.1f} decode tokens/s; its server over HTTP "
+          f"{served or float('nan'):.1f}: {(served or float('nan')) / local:.2f}x")
     (OUT / "results.json").write_text(json.dumps({
         "dtype": a.dtype, "prompts": prompts, "figures": {"vllm": v, "queuelab": q},
         "streams": {"vllm": [asdict(s) for s in vllm.burst + vllm.single],

@@ -33,7 +33,7 @@ import pandas as pd
 from queuelab.checks import positive, positive_int
 from queuelab.engine import workers as workers_
 from queuelab.engine.recorder import Recorder
-from queuelab.engine.runner import StepOutcome, StepRunner, step_log
+from queuelab.engine.runner import StepOutcome, StepRunner, kv_usage, step_log
 from queuelab.engine.scheduling import Scheduler, SequentialScheduler, Step, Wait, WaitingLine
 from queuelab.errors import QueueStateError, SchedulerError
 from queuelab.generation import Completion, GenerationParams
@@ -405,13 +405,7 @@ class RequestQueue:
 
     def kv_usage(self) -> KVUsage | None:
         """KV blocks in use over every worker's paged cache (None when the cache is not paged)."""
-        usages = [u for u in (r.batch.kv_usage() for r in self._runners) if u is not None]
-        if not usages:
-            return None
-        if len(usages) == 1:
-            return usages[0]
-        return KVUsage(sum(u.blocks_used for u in usages), sum(u.blocks_total for u in usages),
-                       usages[0].block_size, sum(u.last_block_fill for u in usages) / len(usages))
+        return kv_usage(self._runners)
 
     def histograms(self) -> dict[str, Histogram]:
         """Cumulative latency histograms (wait, service, ttft, e2e) of completed requests, for Prometheus."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from queuelab.engine.scheduling import Step
+from queuelab.metrics import KVUsage
 from queuelab.models.base import LanguageModel, StepInfo
 from queuelab.request import Request
 from queuelab.sequence import Sequence
@@ -117,3 +118,12 @@ def step_log(runners: list[StepRunner], since: float) -> pd.DataFrame:
         return runners[0].steps(since)
     frames = [r.steps(since).assign(worker=i) for i, r in enumerate(runners)]
     return pd.concat(frames, ignore_index=True).sort_values("t", kind="stable").reset_index(drop=True)
+
+
+def kv_usage(runners: list[StepRunner]) -> KVUsage | None:
+    """KV blocks over every runner's paged cache (each worker's copy has its own budget)."""
+    usages = [u for u in (r.batch.kv_usage() for r in runners) if u is not None]
+    if len(usages) <= 1:
+        return usages[0] if usages else None
+    return KVUsage(sum(u.blocks_used for u in usages), sum(u.blocks_total for u in usages),
+                   usages[0].block_size, sum(u.last_block_fill for u in usages) / len(usages))

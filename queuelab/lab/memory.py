@@ -94,9 +94,9 @@ import queuelab as ql
 from queuelab.generation import GenerationParams
 from queuelab.prompts import choose
 sizes, tokens, seeds = json.loads(sys.argv[1]), int(sys.argv[2]), json.loads(sys.argv[3])
-name, device = sys.argv[4], sys.argv[5]
+name, device, kv_cache = sys.argv[4], sys.argv[5], sys.argv[6]
 proc = psutil.Process()
-m = ql.load_model(name, device=device)
+m = ql.load_model(name, device=device, kv_cache=kv_cache)
 m.generate("warm up", max_new_tokens=4)
 idle = proc.memory_info().rss
 rows = []
@@ -157,8 +157,10 @@ def copies_memory(copies: int = 3, *, name: str = EMBEDDED, device: str = "cpu",
 
 
 def static_batch_sweep(sizes: Sequence[int] = (1, 2, 4, 8, 16), *, max_new_tokens: int = 16,
-                       seeds: Sequence[int] = (0, 1, 2), name: str = EMBEDDED, device: str = "cpu") -> pd.DataFrame:
-    """Static batches of each size, run to the end in a fresh process, once per seed (other prompts).
+                       seeds: Sequence[int] = (0, 1, 2), name: str = EMBEDDED, device: str = "cpu",
+                       kv_cache: str = "paged") -> pd.DataFrame:
+    """Static batches of each size, run to the end in a fresh process, once per seed (other prompts),
+    on the `kv_cache` named ("paged" or "padded", as `ql.load_model` takes it).
 
     One row per (seed, batch): wall_s, tokens generated, tokens_per_s, per-request latency (mean and
     max over the batch, each from the batch's start to that request's last token), kv_peak_mb (the
@@ -170,8 +172,10 @@ def static_batch_sweep(sizes: Sequence[int] = (1, 2, 4, 8, 16), *, max_new_token
     positive_int("max_new_tokens", max_new_tokens)
     if not seeds:
         raise ValueError("seeds must name at least one seed")
+    if kv_cache not in ("paged", "padded"):
+        raise ValueError(f"kv_cache must be 'paged' or 'padded', got {kv_cache!r}")
     doc = _child(SWEEP_CHILD, json.dumps(sizes), str(max_new_tokens), json.dumps([int(s) for s in seeds]), name,
-                 device)
+                 device, kv_cache)
     df = pd.DataFrame(doc["rows"])
     df["tokens_per_s"] = df.tokens / df.wall_s
     df["kv_peak_mb"] = df.kv_peak / MB

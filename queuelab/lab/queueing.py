@@ -160,7 +160,7 @@ async def measure(make_model: Callable[[int], Any], rho: float, *, seed: int, n:
                   mean_service: float, model: Callable[..., theory.Prediction] | None = None,
                   **poisson: Any) -> dict[str, Any]:
     """One real-clock run: Poisson arrivals at ρ / `mean_service` through a fresh `RequestQueue` on
-    `make_model(seed)`; the row `replicate` gives, plus Little's law as the run's sampler saw it and
+    `make_model(seed)`; the row `replicate` gives, plus Little's law as the run's timeline ticker saw it and
     the waits the Lindley recursion gives for the run's own arrivals and services (how much of any
     gap from the formula is this path's randomness, and how much the queue's overhead), and the
     same comparison with that overhead counted as server time (`server S`, `server ρ`,

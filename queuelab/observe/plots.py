@@ -94,7 +94,7 @@ def timeline(source: StressRun | RequestQueue | pd.DataFrame, *, size: tuple[flo
 
 
 def _stalls(tl: pd.DataFrame) -> list[tuple[float, float]]:
-    """Stretches when the sampler could not run: a tick that came `lag` late says the loop was held
+    """Stretches when the timeline ticker could not run: a tick that came `lag` late says the loop was held
     from t − lag to t. Lags under a few ticks are ordinary scheduling noise."""
     if "loop_lag_s" not in tl or len(tl) < 2:
         return []
