@@ -25,8 +25,8 @@ async def twin_from_burst(model: LanguageModel, *, max_new_tokens: int = 64, max
     the burst did not see answers up to its cap. One real run gives both the answer lengths and step
     costs measured under load (batch sizes from `max_batch` down to 1, as the burst drains): the median
     step at every batch size seen, made non-decreasing (sizes a draining burst saw once are noisy) and
-    interpolated between them. (Not a line: on a CPU a step at batch 2 can cost nearly twice one at
-    batch 1, and batch 32 little more than batch 2.)
+    interpolated between them. (Not a line: on a CPU the step cost bends with the batch size, and
+    how it bends changes with the machine's state.)
     """
     pool = list(prompts) if prompts is not None else [p["prompt"] for p in load_prompts()]
     async with RequestQueue(model, scheduler=ContinuousBatchScheduler(max_batch=max_batch),
