@@ -53,3 +53,13 @@ def test_the_folder_map_names_every_module():
     modules = {str(p.relative_to(package)) for p in package.rglob("*.py") if p.name not in ("__init__.py", "__main__.py")}
     assert modules - listed == set(), "modules missing from the README's folder map"
     assert listed - modules == set(), "the README's folder map names modules that do not exist"
+
+
+def test_paged_cache_example_runs():
+    block = re.search(r"### The paged KV cache\n\n.*?```python\n(.*?)```", README, re.S).group(1)
+    out = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    first, tables, usage = out.stdout.strip().splitlines()
+    prefill, blocks, slots = first.split(" ", 1)[0], first.split(") (")[0], first.split(") (")[1]
+    assert int(prefill) > 0 and blocks.endswith(", 64") and slots.endswith(", 0)")  # a budget of 64, no padding
+    assert tables.count("<Sequence") == 2 and usage.startswith("KVUsage(blocks_used=")
