@@ -285,9 +285,13 @@ class RequestQueue:
         return await self.submit(prompt, **gen_kwargs)
 
     def cancel(self, request: Request) -> bool:
-        """Cancel a QUEUED request (True). A PROCESSING one is not interrupted (see `stop`): False."""
-        if request.status is not S.QUEUED or self._waiting.pop(request.id, None) is None:
+        """Cancel a QUEUED request of this queue (True). A PROCESSING one is not interrupted (see
+        `stop`), and another queue's request is not this queue's to cancel: False."""
+        # By identity, not id: ids count from 1 in every queue, so another queue's request can carry
+        # the id of one waiting here.
+        if request.status is not S.QUEUED or self._waiting.get(request.id) is not request:
             return False
+        del self._waiting[request.id]
         self._move(request, S.CANCELLED, time.perf_counter(), error="cancelled by caller")
         return True
 

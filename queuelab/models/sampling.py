@@ -8,6 +8,11 @@ import torch
 from queuelab.generation import GenerationParams
 from queuelab.sequence import Sequence
 
+#: Temperatures below this are greedy (vLLM's rule too). Dividing logits by a tiny temperature
+#: (1e-40, say) overflows to inf, the softmax of inf is NaN, and one request's NaN would fail the
+#: whole batch's step; greedy is the limit of sampling as the temperature goes to 0.
+GREEDY_BELOW = 1e-5
+
 
 def generator_for(params: GenerationParams, device: torch.device | str) -> torch.Generator | None:
     """The generator a sampled sequence draws from (None for greedy decoding)."""
@@ -30,7 +35,7 @@ def pick_tokens(seqs: list[Sequence], logits: torch.Tensor, eos_id: int | None) 
         logits[early, eos_id] = float("-inf")
     tokens = logits.argmax(dim=-1).tolist()
     for i, s in enumerate(seqs):
-        if s.params.temperature > 0:
+        if s.params.temperature >= GREEDY_BELOW:
             probs = torch.softmax(logits[i].float() / s.params.temperature, dim=-1)
             tokens[i] = int(torch.multinomial(probs, 1, generator=s.rng))
     return tokens

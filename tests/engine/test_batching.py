@@ -242,3 +242,18 @@ async def test_a_twin_fitted_to_a_run_recovers_its_step_costs():
     assert twin.step_costs.prefill(10) == pytest.approx(truth.prefill(10), rel=0.3, abs=0.002)
     with pytest.raises(ValueError, match="no batch size"):
         ql.SimulatedModel.fitted_to(steps.iloc[:0], engine)
+
+
+@pytest.mark.parametrize("temperature", [1e-40, 1e-45, 5e-324])
+async def test_a_tiny_temperature_is_greedy_and_harms_no_neighbour(tiny_each_cache, temperature):
+    # Dividing logits by 5e-324 overflows; sampled that way the softmax is NaN and the whole step
+    # fails. Below 1e-5 a request is greedy, the limit of sampling as the temperature goes to 0.
+    tiny = tiny_each_cache
+    prompts = ["first neighbour", "the tiny one", "second neighbour"]
+    alone = [tiny.generate(p, max_new_tokens=6) for p in prompts]
+    async with ql.RequestQueue(tiny, scheduler=ql.ContinuousBatchScheduler(max_batch=4)) as q:
+        reqs = [q.submit(p, max_new_tokens=6, temperature=temperature if i == 1 else 0.0, seed=1)
+                for i, p in enumerate(prompts)]
+        await asyncio.gather(*reqs, return_exceptions=True)
+    assert [r.status for r in reqs] == [S.COMPLETED] * 3
+    assert [r.completion.text for r in reqs] == [c.text for c in alone]

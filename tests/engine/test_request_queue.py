@@ -147,6 +147,18 @@ async def test_cancel_queued_but_not_processing():
     assert q.stats().cancelled == 1
 
 
+async def test_a_queue_cannot_cancel_another_queues_request():
+    # Both queues number their requests from 1: the id alone must not decide whose request it is.
+    model_a, model_b = sim(0.02), sim(0.02)
+    async with ql.RequestQueue(model_a) as qa, ql.RequestQueue(model_b) as qb:
+        a1, a2 = qa.submit("a1"), qa.submit("a2")
+        b1, b2 = qb.submit("b1"), qb.submit("b2")
+        assert (a2.id, a2.status) == (b2.id, S.QUEUED)
+        assert qb.cancel(a2) is False and a2.status is S.QUEUED and b2.status is S.QUEUED
+        await asyncio.gather(a1, a2, b1, b2)
+    assert qa.stats().completed == qb.stats().completed == 2 and qa.health().error is None
+
+
 async def test_full_queue_rejects_with_a_reason():
     async with ql.RequestQueue(sim(0.01), max_queue_size=2) as q:
         reqs = [q.submit(f"p{i}") for i in range(3)]  # the worker has not taken any yet
