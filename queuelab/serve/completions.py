@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -108,9 +109,20 @@ def refusal_error(queue: RequestQueue, req: Request) -> APIError:
 
 
 def retry_after(queue: RequestQueue) -> int:
-    """Seconds until the queue has room, roughly (waiting requests × mean service time), capped at
-    what clients honour: a longer one makes them give up at once instead of retrying."""
-    return max(1, min(MAX_RETRY_AFTER_S, math.ceil(queue.queue_size * (queue.mean_service_s or 1.0))))
+    """Seconds until the queue has room, roughly, capped at what clients honour (a longer one makes
+    them give up at once instead of retrying): the waiting requests ÷ the completions per second of
+    the last window (a batch serves several at once), or × the mean service time when nothing
+    completed lately. Before the first completion nothing is measured: 1 s, the shortest, rather
+    than a guess (a cold server's flood was told 50 s for a queue that cleared in 1.5)."""
+    rec, now = queue.recorder, time.perf_counter()
+    req_s, _ = rec.rates.rates(now, rec.started_at or now)
+    if req_s > 0:
+        estimate = queue.queue_size / req_s
+    elif queue.mean_service_s is not None:
+        estimate = queue.queue_size * queue.mean_service_s
+    else:
+        return 1
+    return max(1, min(MAX_RETRY_AFTER_S, math.ceil(estimate)))
 
 
 def _param_of(error: str) -> str | None:

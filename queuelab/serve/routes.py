@@ -5,6 +5,7 @@ The endpoints carry comments, not docstrings: FastAPI would publish a docstring 
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi import Request as HTTPRequest
@@ -75,17 +76,25 @@ async def metrics(request: HTTPRequest) -> Response:
 
 
 # -- errors -----------------------------------------------------------------------------------------
+class ErrorResponse(JSONResponse):
+    """An error body as ASCII JSON. Errors repeat what the client sent (a model name, a value), and a
+    lone surrogate in it ("\\ud800", valid JSON) cannot be encoded as UTF-8: escaped, it can."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
 async def api_error(request: HTTPRequest, e: APIError) -> JSONResponse:
     app_state(request.app).refused[e.status] += 1
-    return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+    return ErrorResponse(e.body(), status_code=e.status, headers=e.headers)
 
 
 async def http_error(request: HTTPRequest, e: StarletteHTTPException) -> JSONResponse:
     """404 and 405 in OpenAI's error shape, like every other error this server answers."""
     kind = "not_found" if e.status_code == 404 else None
     app_state(request.app).refused[e.status_code] += 1
-    return JSONResponse(APIError(e.status_code, str(e.detail), code=kind).body(), status_code=e.status_code,
-                        headers=getattr(e, "headers", None))
+    return ErrorResponse(APIError(e.status_code, str(e.detail), code=kind).body(), status_code=e.status_code,
+                         headers=getattr(e, "headers", None))
 
 
 async def client_gone(request: HTTPRequest, e: ClientDisconnect) -> Response:

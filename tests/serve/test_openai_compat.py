@@ -13,6 +13,7 @@ import queuelab as ql
 from queuelab import stress
 from queuelab.load.http_target import HTTPTarget
 from queuelab.serve.server import create_app
+from tests.conftest import wait_until
 from tests.serve.server_thread import ServerThread
 
 
@@ -197,6 +198,17 @@ async def test_404_405_and_unknown_models_answer_in_openai_shape():
     assert r.json()["error"]["code"] == "model_not_found"
 
 
+async def test_a_lone_surrogate_in_the_model_name_gets_a_json_404():
+    # JSON may carry "\ud800"; repeated in the error, it used to fail UTF-8 encoding: a plain-text 500.
+    q = ql.RequestQueue(sim())
+    async with q, client(create_app(q)) as c:
+        r = await c.post("/v1/completions", content=b'{"model": "\\ud800x", "prompt": "hi"}',
+                         headers={"Content-Type": "application/json"})
+        ok = await post(c, "/v1/completions", {"prompt": "still served", "max_tokens": 1})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+    assert "\ud800x" in r.json()["error"]["message"] and ok.status_code == 200
+
+
 async def test_retry_after_on_503_and_bounded_on_429():
     q = ql.RequestQueue(ql.SimulatedModel(1.0), max_queue_size=1)
     app = create_app(q)
@@ -210,6 +222,19 @@ async def test_retry_after_on_503_and_bounded_on_429():
             r = await post(c, "/v1/completions", {"prompt": "x"})
             assert r.status_code == 429 and 1 <= int(r.headers["retry-after"]) <= 60
             await q.stop(drain=False)
+
+
+async def test_a_cold_server_does_not_guess_a_long_retry_after():
+    # Before any request completed there is no service time to go by: the shortest Retry-After.
+    q = ql.RequestQueue(ql.SimulatedModel(0.5), max_queue_size=3)
+    async with q, client(create_app(q)) as c:
+        q.submit("first")
+        await wait_until(lambda: q.processing == 1, what="the first request processing")
+        for i in range(3):
+            q.submit(f"flood {i}")  # three waiting: full
+        r = await post(c, "/v1/completions", {"prompt": "x"})
+        assert r.status_code == 429 and r.headers["retry-after"] == "1"
+        await q.stop(drain=False)
 
 
 async def test_timings_reach_the_client_as_headers():
