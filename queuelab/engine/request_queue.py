@@ -260,10 +260,10 @@ class RequestQueue:
         self._check_loop()
         now = time.perf_counter()
         req = Request(id=next(self._ids), prompt=prompt, params=None, arrived=now)
-        if stream:
+        if stream is True:
             req.enable_streaming()
         self.recorder.submitted()
-        refusal = self._admit(req, gen_kwargs, chat_template)
+        refusal = self._admit(req, gen_kwargs, chat_template, stream)
         if refusal is not None:
             req.refusal, reason = refusal
             self._move(req, S.REJECTED, now, error=reason)
@@ -295,8 +295,12 @@ class RequestQueue:
         self._move(request, S.CANCELLED, time.perf_counter(), error="cancelled by caller")
         return True
 
-    def _admit(self, req: Request, gen_kwargs: dict[str, Any], chat_template: bool = True) -> tuple[str, str] | None:
+    def _admit(self, req: Request, gen_kwargs: dict[str, Any], chat_template: Any = True,
+               stream: Any = False) -> tuple[str, str] | None:
         """(refusal code, reason) if `req` is refused at the door, or None to admit it."""
+        for name, flag in (("stream", stream), ("chat_template", chat_template)):
+            if not isinstance(flag, bool):  # "yes" or 1 is truthy but not what the caller was asked for
+                return "invalid_request", f"invalid request: {name} must be True or False, got {flag!r}"
         if self._state is not QueueState.RUNNING:
             return "unavailable", {
                 QueueState.CREATED: "queue is not started: `await queue.start()` or use `async with queue:`",

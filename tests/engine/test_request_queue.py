@@ -159,6 +159,16 @@ async def test_a_queue_cannot_cancel_another_queues_request():
     assert qa.stats().completed == qb.stats().completed == 2 and qa.health().error is None
 
 
+async def test_stream_and_chat_template_must_be_booleans():
+    async with ql.RequestQueue(sim(0.001)) as q:
+        bad = [q.submit("hi", stream="yes"), q.submit("hi", chat_template=1)]
+        good = q.submit("hi", stream=True)
+        await good
+    assert [r.status for r in bad] == [S.REJECTED, S.REJECTED]
+    assert "stream must be True or False, got 'yes'" in bad[0].error and "chat_template" in bad[1].error
+    assert q.stats().rejected == 2
+
+
 async def test_full_queue_rejects_with_a_reason():
     async with ql.RequestQueue(sim(0.01), max_queue_size=2) as q:
         reqs = [q.submit(f"p{i}") for i in range(3)]  # the worker has not taken any yet
