@@ -139,7 +139,8 @@ def section_batch1(models: dict[str, ql.LanguageModel], prompts: list[str], repe
             tok["raw HF"].append(n / dt)
             for name, m in models.items():
                 c = m.generate(p, max_new_tokens=32, temperature=0.0, on_token=lambda s: None)
-                tok[name].append(c.completion_tokens / c.duration_s) if c.completion_tokens == 32 else None
+                if c.completion_tokens == 32:  # as raw HF's min_new_tokens: same-length answers only
+                    tok[name].append(c.completion_tokens / c.duration_s)
     raw = np.mean(tok["raw HF"])
     for name, v in tok.items():
         print(f"   {name:7s} {np.mean(v):5.1f} tokens/s   {np.mean(v) / raw:.3f}x raw HF")

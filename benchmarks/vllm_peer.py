@@ -429,14 +429,13 @@ def main() -> int:
         after = measure(QUEUELAB, a, prompts)
     except Unavailable as e:
         sys.exit(f"queuelab serve failed: {e}; its log ends:\n{tail(OUT / 'queuelab.log')}")
-    queuelab = after
     v, q1, q2 = figures(vllm), figures(before), figures(after)
     q = {k: (q1[k] + q2[k]) / 2 if q1[k] is not None and q2[k] is not None else None for k in q1}
     print("\n  queuelab is the mean of its runs before and after vLLM's:")
     for key in ("burst_tok_s", "single_decode_tok_s"):
         print(f"    {key}: {q1[key] or float('nan'):.1f} before, {q2[key] or float('nan'):.1f} after")
     print_table(v, q)
-    compare_answers(vllm.burst, queuelab.burst)
+    compare_answers(vllm.burst, after.burst)
     local = in_process_decode(prompts[0], a.dtype, a.kv_cache)
     served = q["single_decode_tok_s"]
     print(f"\n  queuelab in process (generate, same request): {local:.1f} decode tokens/s; its server over HTTP "

@@ -13,11 +13,12 @@ returns to the free list when its last holder lets go.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 
 from queuelab.checks import positive_int
 from queuelab.metrics import KVUsage
+from queuelab.sequence import Sequence
 
 
 class OutOfBlocks(RuntimeError):
@@ -42,6 +43,8 @@ class BlockManager:
         self._free: list[int] = list(range(num_blocks))
         self.tables: dict[Hashable, list[int]] = {}
         self._tokens: dict[Hashable, int] = {}  # how many slots each owner has filled
+        #: One past the highest block ever handed out: how large the pool's tensors must be.
+        self.high = 0
 
     # -- what is free -----------------------------------------------------------------------------
     @property
@@ -85,6 +88,16 @@ class BlockManager:
     def reserve(self, owner: Hashable, tokens: int) -> list[int]:
         """Room for `tokens` more slots of `owner`, allocating its table on first use."""
         return self.append(owner, tokens) if owner in self.tables else self.allocate(owner, tokens)
+
+    def reserve_all(self, wants: Iterable[tuple[Hashable, int]]) -> None:
+        """`reserve` for every (owner, tokens) of one step, or for none of them (OutOfBlocks)."""
+        wants = list(wants)
+        need = sum(self.blocks_for(self._tokens.get(o, 0) + n) - len(self.tables.get(o, ())) for o, n in wants)
+        if need > len(self._free):
+            raise OutOfBlocks(f"KV cache full: {need} KV blocks needed, {len(self._free)} free of {self.num_blocks} "
+                              "(raise kv_blocks)")
+        for owner, tokens in wants:
+            self.reserve(owner, tokens)
 
     def free_owner(self, owner: Hashable) -> None:
         """Let go of every block `owner` holds (idempotent); a block shared with others stays theirs."""
@@ -130,7 +143,25 @@ class BlockManager:
     def _take(self) -> int:
         block_id = heapq.heappop(self._free)
         self.blocks[block_id].ref_count = 1
+        self.high = max(self.high, block_id + 1)
         return block_id
 
     def __repr__(self) -> str:
         return f"<BlockManager {self.used}/{self.num_blocks} blocks used, block_size={self.block_size}>"
+
+
+class BlockAccounting:
+    """What a running batch over a `BlockManager` reports (the paged cache, and the simulated model's
+    accounting of one): slots held are whole blocks, and none of them is padding."""
+
+    blocks: BlockManager
+    running: list[Sequence]
+
+    def kv_tokens(self) -> tuple[int, int]:
+        return self.blocks.used * self.blocks.block_size, 0
+
+    def kv_blocks(self) -> tuple[int, int]:
+        return self.blocks.used, self.blocks.num_blocks
+
+    def kv_usage(self) -> KVUsage:
+        return self.blocks.usage(list(self.running))

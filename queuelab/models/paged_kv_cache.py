@@ -24,9 +24,8 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from queuelab.metrics import KVUsage
 from queuelab.models.base import RunningBatch
-from queuelab.models.block_manager import BlockManager, OutOfBlocks
+from queuelab.models.block_manager import BlockAccounting, BlockManager
 from queuelab.models.sampling import generator_for, pick_tokens
 from queuelab.sequence import Sequence
 
@@ -121,7 +120,7 @@ class KVPool:
         return 2 * len(self.keys) * k.shape[1] * k.shape[2] * k.element_size()
 
 
-class PagedKVBatch(RunningBatch):
+class PagedKVBatch(BlockAccounting, RunningBatch):
     """Running sequences of a transformers model over a paged KV cache of `model.kv_blocks` blocks."""
 
     def __init__(self, model: TransformersModel) -> None:
@@ -144,24 +143,14 @@ class PagedKVBatch(RunningBatch):
 
     def _mixed(self, prefill: list[Sequence], decode: list[Sequence]) -> int:
         """Joining sequences' whole prompts and running ones' last tokens, in one packed forward pass."""
-        self._join(prefill)
-        for s in decode:
-            self._reserve(s, 1)
+        self.blocks.reserve_all([(s, s.prompt_tokens) for s in prefill] + [(s, 1) for s in decode])
+        self.pool.ensure(self.blocks.high)
+        for s in prefill:
+            s.rng = generator_for(s.params, self.m.device)
+        self.running.extend(prefill)
         work = [(s, list(s.prompt_ids or ())) for s in prefill] + [(s, [s.output_ids[-1]]) for s in decode]
         self._append([s for s, _ in work], self._forward(work))
         return sum(s.prompt_tokens for s in prefill)
-
-    def _join(self, seqs: list[Sequence]) -> None:
-        try:
-            for s in seqs:
-                self._reserve(s, s.prompt_tokens)
-        except OutOfBlocks:
-            for s in seqs:  # none of them joins: give back what the first ones took
-                self.blocks.free_owner(s)
-            raise
-        for s in seqs:
-            s.rng = generator_for(s.params, self.m.device)
-        self.running.extend(seqs)
 
     def _keep(self, indices: list[int]) -> None:
         kept = {id(self.running[i]) for i in indices}
@@ -170,14 +159,6 @@ class PagedKVBatch(RunningBatch):
                 self.blocks.free_owner(s)
 
     # -- helpers --------------------------------------------------------------------------------
-    def _reserve(self, s: Sequence, tokens: int) -> None:
-        """Blocks for `tokens` more of `s`'s tokens; a sequence the budget cannot hold fails alone."""
-        try:
-            self.blocks.reserve(s, tokens)
-        except OutOfBlocks as e:
-            raise OutOfBlocks(f"KV cache full: {e} (raise kv_blocks in load_model)") from e
-        self.pool.ensure(max(self.blocks.tables[s]) + 1)
-
     def _forward(self, work: list[tuple[Sequence, list[int]]]) -> list[int]:
         """Run each sequence's new tokens in one packed forward pass; return each one's next token."""
         plan, ids, positions, last = self._plan(work)
@@ -221,20 +202,9 @@ class PagedKVBatch(RunningBatch):
         for s, t in zip(seqs, tokens):
             s.append(t, now, eos=t == self.m.eos_id)
 
-    # -- occupancy ------------------------------------------------------------------------------
-    def kv_tokens(self) -> tuple[int, int]:
-        # Slots held are whole blocks; none of them is padding (a last block's free slots are
-        # reserved for the sequence's next tokens).
-        return self.blocks.used * self.blocks.block_size, 0
-
+    # -- occupancy (kv_tokens, kv_blocks, kv_usage: BlockAccounting) -----------------------------
     def kv_bytes(self) -> int:
         return self.blocks.used * self.blocks.block_size * self.pool.bytes_per_slot()
-
-    def kv_blocks(self) -> tuple[int, int]:
-        return self.blocks.used, self.blocks.num_blocks
-
-    def kv_usage(self) -> KVUsage:
-        return self.blocks.usage(list(self.running))
 
 
 # A 4D placeholder: transformers returns a prepared 4D mask as it is, so no (T x T) mask is built for

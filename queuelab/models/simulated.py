@@ -16,9 +16,8 @@ from typing import Any, Protocol, runtime_checkable
 from queuelab.checks import non_negative, positive_int
 from queuelab.errors import SimulatedFailure
 from queuelab.generation import GenerationParams
-from queuelab.metrics import KVUsage
 from queuelab.models.base import LanguageModel, RunningBatch
-from queuelab.models.block_manager import BlockManager, OutOfBlocks
+from queuelab.models.block_manager import BlockAccounting, BlockManager
 from queuelab.models.calibration import Calibration, fit, measure
 from queuelab.models.step_costs import StepCosts
 from queuelab.sequence import Sequence, TokenCallback
@@ -243,7 +242,7 @@ class SimulatedModel(LanguageModel):
         }
 
 
-class _SimulatedBatch(RunningBatch):
+class _SimulatedBatch(BlockAccounting, RunningBatch):
     """Running simulated sequences; each step sleeps until its deadline."""
 
     def __init__(self, model: SimulatedModel) -> None:
@@ -276,7 +275,7 @@ class _SimulatedBatch(RunningBatch):
                 slots[id(s)] = m.service_time.sample(m._rng, n) / n
         if failed is not None:
             raise SimulatedFailure(f"simulated model failure on prompt {failed.prompt[:30]!r}")
-        self._reserve(seqs, [s.prompt_tokens for s in seqs])
+        self.blocks.reserve_all([(s, s.prompt_tokens) for s in seqs])
         self._length.update(lengths)
         self._slot.update(slots)
         if costs is None:
@@ -290,7 +289,7 @@ class _SimulatedBatch(RunningBatch):
 
     def _decode(self, seqs: list[Sequence]) -> None:
         start = self._start()
-        self._reserve(seqs, [1] * len(seqs))
+        self.blocks.reserve_all([(s, 1) for s in seqs])
         costs = self.m.step_costs
         cost = max(self._slot[id(s)] for s in seqs) if costs is None else costs.decode(len(seqs))
         self._sleep(start, cost)
@@ -314,24 +313,7 @@ class _SimulatedBatch(RunningBatch):
                 self._length.pop(id(s), None)
                 self.blocks.free_owner(s)
 
-    def _reserve(self, seqs: list[Sequence], tokens: list[int]) -> None:
-        """KV blocks for each sequence's new tokens, as a paged cache would hold them; all or none."""
-        need = sum(self.blocks.blocks_for(self.blocks.tokens(s) + n if s in self.blocks.tables else n)
-                   - len(self.blocks.tables.get(s, ())) for s, n in zip(seqs, tokens))
-        if need > self.blocks.free:
-            raise OutOfBlocks(f"KV cache full: {need} KV blocks needed, {self.blocks.free} free of "
-                              f"{self.blocks.num_blocks} (raise kv_blocks)")
-        for s, n in zip(seqs, tokens):
-            self.blocks.reserve(s, n)
 
-    def kv_tokens(self) -> tuple[int, int]:
-        return self.blocks.used * self.blocks.block_size, 0
-
-    def kv_blocks(self) -> tuple[int, int]:
-        return self.blocks.used, self.blocks.num_blocks
-
-    def kv_usage(self) -> KVUsage:
-        return self.blocks.usage(list(self.running))
 
 
 def _sleep_until(deadline: float) -> None:

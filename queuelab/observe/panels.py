@@ -61,8 +61,8 @@ def health_rows(s: dict[str, Any]) -> Rows:
             ("Event-loop lag", format_seconds(h["loop_lag_s"])), ("Queue state", h["state"])]
     kv = s.get("kv")
     if kv:
-        rows.append(("KV blocks", f"{kv['blocks_used']:,} / {kv['blocks_total']:,} used ({kv['block_size']} tokens "
-                                  f"each), last blocks {kv['last_block_fill']:.0%} full"))
+        # Short enough not to wrap in a narrow panel; the block size is the model's, in Health's model info.
+        rows.append(("KV blocks", f"{kv['blocks_used']:,}/{kv['blocks_total']:,} · last {kv['last_block_fill']:.0%} full"))
     if h["error"]:
         rows.append(("Error", h["error"]))
     return rows
